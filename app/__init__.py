@@ -1,0 +1,1 @@
+"""The agent service: durable LLM agents as explicit state machines on Restate."""

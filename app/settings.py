@@ -1,0 +1,73 @@
+"""The agent service's configuration: one pydantic-settings class, read from the environment."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = f"sqlite:///{Path('var/agents.db').resolve()}"
+DEV_WEBHOOK_SECRET = "dev-approval-webhook-secret"
+DEV_OPERATOR_TOKEN = "dev-operator-token"
+
+
+class Settings(BaseSettings):
+    """Every variable named in design.md, plus the tuning knobs of the agent service."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_ignore_empty=True, extra="ignore")
+
+    env: str = Field("development", alias="ENV")
+
+    restate_ingress_url: str = Field("http://127.0.0.1:8080", alias="RESTATE_INGRESS_URL")
+    restate_admin_url: str = Field("http://127.0.0.1:9070", alias="RESTATE_ADMIN_URL")
+
+    app_host: str = Field("127.0.0.1", alias="APP_HOST")
+    app_port: int = Field(9080, alias="APP_PORT")
+    approvals_port: int = Field(9081, alias="APPROVALS_PORT")
+
+    tools_url: str = Field("http://127.0.0.1:9090", alias="TOOLS_URL")
+    # A tool call that takes longer than this is abandoned and retried by Restate with the same
+    # Idempotency-Key, so the tool service answers the retry from its store, never acting twice.
+    tool_timeout_seconds: float = Field(30.0, alias="TOOL_TIMEOUT_SECONDS", gt=0)
+
+    database_url: str = Field(DEFAULT_DATABASE_URL, alias="DATABASE_URL")
+
+    anthropic_api_key: SecretStr | None = Field(None, alias="ANTHROPIC_API_KEY")
+    anthropic_model: str = Field("claude-sonnet-4-5", alias="ANTHROPIC_MODEL")
+    # Tests point the real SDK at a local fake Messages API; production leaves it unset.
+    anthropic_base_url: str | None = Field(None, alias="ANTHROPIC_BASE_URL")
+    llm_timeout_seconds: float = Field(120.0, alias="LLM_TIMEOUT_SECONDS", gt=0)
+    llm_max_tokens: int = Field(2048, alias="LLM_MAX_TOKENS", gt=0)
+
+    approval_webhook_secret: SecretStr = Field(
+        SecretStr(DEV_WEBHOOK_SECRET), alias="APPROVAL_WEBHOOK_SECRET"
+    )
+    operator_token: SecretStr = Field(SecretStr(DEV_OPERATOR_TOKEN), alias="OPERATOR_TOKEN")
+
+    # Restate invocation options. The inactivity timeout must outlast the slowest LLM call;
+    # tests set it to 0 to force a suspend-and-replay at every await ("always replay").
+    inactivity_timeout_seconds: float = Field(
+        300.0, alias="AGENT_INACTIVITY_TIMEOUT_SECONDS", ge=0
+    )
+    journal_retention_days: float = Field(7.0, alias="AGENT_JOURNAL_RETENTION_DAYS", gt=0)
+
+    @model_validator(mode="after")
+    def _refuse_development_secrets_in_production(self) -> Settings:
+        if self.env == "production":
+            if self.approval_webhook_secret.get_secret_value() == DEV_WEBHOOK_SECRET:
+                raise ValueError("APPROVAL_WEBHOOK_SECRET must be set when ENV=production")
+            if self.operator_token.get_secret_value() == DEV_OPERATOR_TOKEN:
+                raise ValueError("OPERATOR_TOKEN must be set when ENV=production")
+        return self
+
+    @property
+    def uses_offline_model(self) -> bool:
+        return self.anthropic_api_key is None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once; tests start processes with their own environment."""
+    return Settings()
