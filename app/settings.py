@@ -41,16 +41,12 @@ class Settings(BaseSettings):
     llm_timeout_seconds: float = Field(120.0, alias="LLM_TIMEOUT_SECONDS", gt=0)
     llm_max_tokens: int = Field(2048, alias="LLM_MAX_TOKENS", gt=0)
 
-    approval_webhook_secret: SecretStr = Field(
-        SecretStr(DEV_WEBHOOK_SECRET), alias="APPROVAL_WEBHOOK_SECRET"
-    )
+    approval_webhook_secret: SecretStr = Field(SecretStr(DEV_WEBHOOK_SECRET), alias="APPROVAL_WEBHOOK_SECRET")
     operator_token: SecretStr = Field(SecretStr(DEV_OPERATOR_TOKEN), alias="OPERATOR_TOKEN")
 
     # Restate invocation options. The inactivity timeout must outlast the slowest LLM call;
-    # tests set it to 0 to force a suspend-and-replay at every await ("always replay").
-    inactivity_timeout_seconds: float = Field(
-        300.0, alias="AGENT_INACTIVITY_TIMEOUT_SECONDS", ge=0
-    )
+    # 0 defers to the server's own setting (the always-replay test mode sets 0s on the server).
+    inactivity_timeout_seconds: float = Field(300.0, alias="AGENT_INACTIVITY_TIMEOUT_SECONDS", ge=0)
     journal_retention_days: float = Field(7.0, alias="AGENT_JOURNAL_RETENTION_DAYS", gt=0)
 
     @model_validator(mode="after")

@@ -29,7 +29,12 @@ class UserContext(_Wire):
 
 
 class ToolSpec(_Wire):
-    """A tool as the tool service's catalog (`GET /tools`) describes it."""
+    """A tool as the tool service's catalog (`GET /tools`) describes it.
+
+    Fields the catalog adds later are ignored, so the tool service can grow without breaking us.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     name: str
     description: str

@@ -1,0 +1,54 @@
+"""`python -m app`: serve the agent service; `python -m app diagram NAME`: print a machine's diagram."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from app.machine import to_mermaid
+
+
+def _serve() -> None:
+    from app.service import create_restate_app
+    from app.serving import hypercorn_config, serve_until_signalled
+    from app.settings import get_settings
+    from app.tool_client import close_clients
+
+    settings = get_settings()
+    logging.getLogger(__name__).info(
+        "agent service on http://%s:%s (model: %s)",
+        settings.app_host,
+        settings.app_port,
+        "offline" if settings.uses_offline_model else settings.anthropic_model,
+    )
+    apps = [(create_restate_app(), hypercorn_config(settings.app_host, settings.app_port))]
+    asyncio.run(serve_until_signalled(apps, on_shutdown=close_clients))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", help="serve the Restate endpoint (the default)")
+    diagram = commands.add_parser("diagram", help="print a machine's Mermaid stateDiagram-v2")
+    diagram.add_argument("name", help="the machine, e.g. AgentTask")
+    args = parser.parse_args(argv)
+
+    if args.command == "diagram":
+        from app.service import MACHINES
+
+        machine = MACHINES.get(args.name)
+        if machine is None:
+            sys.stderr.write(f"unknown machine {args.name!r}; known: {', '.join(sorted(MACHINES))}\n")
+            return 2
+        sys.stdout.write(to_mermaid(machine))
+        return 0
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,339 @@
+"""Runs a declared `Machine` inside a Restate virtual object: one task per key, every step journaled.
+
+The engine owns the task record (one pydantic value under one state key), the transition history
+with times from `ctx.time()`, the derivation of idempotency keys, and the rule that a permanent
+step failure becomes the machine's failure state with the error recorded, never an unhandled 500.
+Agents supply only their machine, their data model and one step function per non-terminal state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, Generic, TypeVar
+
+import restate
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from restate import ObjectContext, ObjectSharedContext, RunOptions, TerminalError
+
+from app import tool_client
+from app.machine import IllegalTransition, Machine, transition
+from app.tool_client import ToolResult
+
+TASK_KEY = "task"
+MAX_KEY_TASK_PART = 128
+
+D = TypeVar("D", bound=BaseModel)
+InputT = TypeVar("InputT", bound=BaseModel)
+T = TypeVar("T")
+
+# One retry policy per kind of step, chosen on purpose (Restate owns retries; clients have none).
+# An LLM call is slow and costly: few attempts, patient backoff; exhausting them fails the task.
+LLM_RUN_OPTIONS: RunOptions[Any] = RunOptions(
+    max_attempts=5,
+    initial_retry_interval=timedelta(seconds=1),
+    max_retry_interval=timedelta(seconds=30),
+    retry_interval_factor=2.0,
+)
+# A tool call is idempotent by key, so retrying is always safe: retry for longer, back off faster.
+TOOL_RUN_OPTIONS: RunOptions[Any] = RunOptions(
+    max_attempts=12,
+    max_duration=timedelta(minutes=10),
+    initial_retry_interval=timedelta(milliseconds=200),
+    max_retry_interval=timedelta(seconds=10),
+    retry_interval_factor=2.0,
+)
+# Reads of static service data (the tool catalog): cheap and safe to retry.
+READ_RUN_OPTIONS: RunOptions[Any] = TOOL_RUN_OPTIONS
+
+
+class Transition(BaseModel):
+    """One entry of a task's history: it entered `to_state` at `at` (seconds since the epoch)."""
+
+    from_state: str | None
+    to_state: str
+    at: float
+    note: str | None = None
+
+
+class TaskError(BaseModel):
+    """Why a task failed: the state it failed in, a stable code and a human message."""
+
+    state: str
+    code: str
+    message: str
+
+
+class TaskRecord(BaseModel, Generic[D]):
+    """Everything Restate keeps for one task, under one state key."""
+
+    task_id: str
+    agent: str
+    model: str
+    input_hash: str
+    state: str
+    history: list[Transition]
+    data: D
+    result: dict[str, Any] | None = None
+    error: TaskError | None = None
+
+
+class TransitionView(BaseModel):
+    from_state: str | None
+    to_state: str
+    at: str
+    note: str | None = None
+
+
+class TaskView(BaseModel):
+    """What `status` and `run` return: where the task is, how it got there, and how it ended."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task_id: str
+    agent: str
+    state: str
+    terminal: bool
+    model: str
+    history: list[TransitionView]
+    pending_approval: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None
+    error: TaskError | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class Next(BaseModel):
+    """What a step decided: the state to go to, and for an ending, its result or error."""
+
+    target: str
+    note: str | None = None
+    result: dict[str, Any] | None = None
+    error: TaskError | None = None
+
+
+class StepContext(Generic[D]):
+    """What a step function gets: its task's data and journaled ways to call the outside world."""
+
+    def __init__(self, ctx: ObjectContext, record: TaskRecord[D]) -> None:
+        self.ctx = ctx
+        self.task_id = record.task_id
+        self.agent = record.agent
+        self.state = record.state
+        self.data = record.data
+        # A state visited again (a loop) gets fresh keys; a replay of the same visit the same keys.
+        self.visit = sum(1 for t in record.history if t.to_state == record.state)
+        self._tool_calls = 0
+
+    def idempotency_key(self, index: int) -> str:
+        """Derived from agent, task, state, visit and call index: stable across retries and replays."""
+        task = self.task_id
+        if len(task) > MAX_KEY_TASK_PART:
+            # Keep keys within the tool service's limit; a hash is as deterministic as the id.
+            task = "sha256-" + hashlib.sha256(task.encode()).hexdigest()
+        return f"{self.agent}:{task}:{self.state}.{self.visit}:{index}"
+
+    async def call_tool(self, name: str, args: Mapping[str, Any]) -> ToolResult:
+        """Call a tool through the tool service, journaled, with this call's derived Idempotency-Key."""
+        index = self._tool_calls
+        self._tool_calls += 1
+        return await self.ctx.run_typed(
+            f"{self.state} tool {index} {name}",
+            tool_client.call_tool,
+            _with_type(TOOL_RUN_OPTIONS, ToolResult),
+            name=name,
+            args=dict(args),
+            idempotency_key=self.idempotency_key(index),
+        )
+
+    async def run(
+        self,
+        label: str,
+        action: Callable[..., Coroutine[Any, Any, T]],
+        result_type: type[T],
+        *args: Any,
+        options: RunOptions[Any] = LLM_RUN_OPTIONS,
+    ) -> T:
+        """Run one journaled step (an LLM call, a read) whose result is one of our pydantic types."""
+        return await self.ctx.run_typed(
+            f"{self.state} {label}", action, _with_type(options, result_type), *args
+        )
+
+
+StepFn = Callable[[StepContext[D]], Awaitable[Next]]
+
+
+def _with_type(options: RunOptions[Any], result_type: type[T]) -> RunOptions[T]:
+    return RunOptions(
+        type_hint=result_type,
+        max_attempts=options.max_attempts,
+        max_duration=options.max_duration,
+        initial_retry_interval=options.initial_retry_interval,
+        max_retry_interval=options.max_retry_interval,
+        retry_interval_factor=options.retry_interval_factor,
+    )
+
+
+def input_hash(payload: BaseModel) -> str:
+    canonical = json.dumps(payload.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def parse_input(raw: bytes, model: type[InputT]) -> InputT:
+    """Validate a handler's raw JSON input; bad input is a 400 that names what is wrong."""
+    try:
+        return model.model_validate_json(raw or b"")
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors()
+        )
+        raise TerminalError(f"invalid input: {problems}", status_code=400) from None
+
+
+def _iso(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
+
+
+def view_of(record: TaskRecord[Any], machine: Machine) -> TaskView:
+    return TaskView(
+        task_id=record.task_id,
+        agent=record.agent,
+        state=record.state,
+        terminal=machine.is_terminal(record.state),
+        model=record.model,
+        history=[
+            TransitionView(from_state=t.from_state, to_state=t.to_state, at=_iso(t.at), note=t.note)
+            for t in record.history
+        ],
+        result=record.result,
+        error=record.error,
+        data=record.data.model_dump(mode="json"),
+    )
+
+
+class AgentEngine(Generic[D]):
+    """Binds a machine, its data model and its step functions; drives tasks inside handlers."""
+
+    def __init__(
+        self,
+        machine: Machine,
+        data_type: type[D],
+        steps: Mapping[str, StepFn[D]],
+    ) -> None:
+        missing = machine.states - machine.terminal - set(steps)
+        if missing:
+            raise ValueError(f"{machine.name}: no step function for states {sorted(missing)}")
+        extra = set(steps) - machine.states
+        if extra:
+            raise ValueError(f"{machine.name}: step functions for undeclared states {sorted(extra)}")
+        self.machine = machine
+        self.data_type = data_type
+        self.steps = dict(steps)
+        self.record_type: type[TaskRecord[D]] = TaskRecord[data_type]  # type: ignore[valid-type]
+
+    async def load(self, ctx: ObjectContext | ObjectSharedContext) -> TaskRecord[D] | None:
+        return await ctx.get(TASK_KEY, type_hint=self.record_type)
+
+    async def start_or_resume(
+        self, ctx: ObjectContext, payload: BaseModel, initial_data: D, model_name: str
+    ) -> TaskView:
+        """Create the task on first call, then drive it to a terminal state.
+
+        A second `run` with the same input resumes (or just reports) the task; with different input
+        it is refused, so a task id always names one piece of work.
+        """
+        digest = input_hash(payload)
+        record = await self.load(ctx)
+        if record is None:
+            now = await ctx.time()
+            record = self.record_type(
+                task_id=ctx.key(),
+                agent=self.machine.name,
+                model=model_name,
+                input_hash=digest,
+                state=self.machine.initial,
+                history=[Transition(from_state=None, to_state=self.machine.initial, at=now, note="created")],
+                data=initial_data,
+            )
+            ctx.set(TASK_KEY, record)
+        elif record.input_hash != digest:
+            raise TerminalError(
+                f"task {ctx.key()} already exists with a different input; use a new task id",
+                status_code=409,
+            )
+        record = await self.drive(ctx, record)
+        return view_of(record, self.machine)
+
+    async def drive(self, ctx: ObjectContext, record: TaskRecord[D]) -> TaskRecord[D]:
+        """Run step after step until a terminal state, persisting the record at every transition."""
+        while not self.machine.is_terminal(record.state):
+            step = StepContext(ctx, record)
+            decision = await self._run_step(step)
+            record = await self._apply(ctx, record, step, decision)
+        return record
+
+    async def _run_step(self, step: StepContext[D]) -> Next:
+        try:
+            return await self.steps[step.state](step)
+        except TerminalError as exc:
+            # A permanent failure of this step (exhausted retries, a refused tool call, a model error).
+            # Only TerminalError is caught: Restate's suspension signals are BaseExceptions and pass.
+            if not self.machine.can_fail(step.state):
+                raise
+            assert self.machine.failure is not None
+            return Next(
+                target=self.machine.failure,
+                error=TaskError(state=step.state, code="step_failed", message=exc.message),
+            )
+
+    async def _apply(
+        self, ctx: ObjectContext, record: TaskRecord[D], step: StepContext[D], decision: Next
+    ) -> TaskRecord[D]:
+        try:
+            target = transition(self.machine, record.state, decision.target)
+        except IllegalTransition as exc:
+            if not self.machine.can_fail(record.state):
+                raise TerminalError(str(exc), status_code=500) from None
+            assert self.machine.failure is not None
+            target = self.machine.failure
+            decision = Next(
+                target=target,
+                error=TaskError(state=record.state, code="illegal_transition", message=str(exc)),
+            )
+        now = await ctx.time()
+        updated = record.model_copy(
+            update={
+                "state": target,
+                "data": step.data,
+                "history": [
+                    *record.history,
+                    Transition(from_state=record.state, to_state=target, at=now, note=decision.note),
+                ],
+                "result": decision.result if decision.result is not None else record.result,
+                "error": decision.error if decision.error is not None else record.error,
+            }
+        )
+        ctx.set(TASK_KEY, updated)
+        return updated
+
+    async def status(self, ctx: ObjectSharedContext) -> TaskView:
+        record = await self.load(ctx)
+        if record is None:
+            raise TerminalError(f"no {self.machine.name} task {ctx.key()}", status_code=404)
+        return view_of(record, self.machine)
+
+
+def invocation_retry_policy() -> restate.InvocationRetryPolicy:
+    """Retries of a whole invocation (a crashed or unreachable agent service).
+
+    Backoff is capped at 30 s so a restarted worker is picked up quickly; after 200 attempts (well
+    over an hour) the invocation is paused, not killed, so an operator can resume it: nothing is lost.
+    """
+    return restate.InvocationRetryPolicy(
+        initial_interval=timedelta(milliseconds=250),
+        exponentiation_factor=2.0,
+        max_interval=timedelta(seconds=30),
+        max_attempts=200,
+        on_max_attempts="pause",
+    )

@@ -1,0 +1,155 @@
+"""State machines declared as data, a pure transition function and the Mermaid diagram derived from them.
+
+Nothing here imports Restate: the declaration is checked when it is built, and `transition` is a
+pure function, so both are unit-testable and the diagram can never drift from what the engine runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+
+class MachineDeclarationError(ValueError):
+    """The declaration itself is inconsistent (caught when the machine is built, at import time)."""
+
+
+class IllegalTransition(ValueError):
+    """A step asked for a transition the machine does not declare."""
+
+    def __init__(self, machine: str, current: str, target: str, allowed: Iterable[str]) -> None:
+        allowed_list = sorted(allowed)
+        self.machine = machine
+        self.current = current
+        self.target = target
+        self.allowed = allowed_list
+        where = ", ".join(allowed_list) if allowed_list else "nothing (terminal state)"
+        super().__init__(
+            f"{machine}: undeclared transition {current} -> {target}; "
+            f"from {current} the machine allows {where}"
+        )
+
+
+@dataclass(frozen=True)
+class Machine:
+    """An explicit state machine: its states, the transitions it allows, where it starts and ends.
+
+    `failure` names the state a step's permanent error leads to; like every other transition it must
+    be declared from each state that can fail.
+    """
+
+    name: str
+    initial: str
+    transitions: Mapping[str, frozenset[str]]
+    terminal: frozenset[str]
+    failure: str | None = None
+    descriptions: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        states = self.states
+        if self.initial not in self.transitions:
+            raise MachineDeclarationError(f"{self.name}: initial state {self.initial} is not declared")
+        for source, targets in self.transitions.items():
+            unknown = targets - states
+            if unknown:
+                raise MachineDeclarationError(
+                    f"{self.name}: {source} leads to undeclared states {sorted(unknown)}"
+                )
+        for state in self.terminal:
+            if self.transitions.get(state):
+                raise MachineDeclarationError(f"{self.name}: terminal state {state} has outgoing transitions")
+            if state not in self.transitions:
+                raise MachineDeclarationError(f"{self.name}: terminal state {state} is not declared")
+        if self.failure is not None and self.failure not in self.terminal:
+            raise MachineDeclarationError(f"{self.name}: failure state {self.failure} must be terminal")
+        for state in states - self.terminal:
+            if not self.transitions[state]:
+                raise MachineDeclarationError(f"{self.name}: {state} is a dead end but not terminal")
+        unreachable = states - self._reachable()
+        if unreachable:
+            raise MachineDeclarationError(f"{self.name}: states {sorted(unreachable)} are unreachable")
+
+    @classmethod
+    def declare(
+        cls,
+        name: str,
+        *,
+        initial: str,
+        transitions: Mapping[str, Iterable[str]],
+        terminal: Iterable[str],
+        failure: str | None = None,
+        descriptions: Mapping[str, str] | None = None,
+    ) -> Machine:
+        """Build a machine from plain lists; terminal states need not be listed as sources."""
+        terminal_set = frozenset(terminal)
+        table = {source: frozenset(targets) for source, targets in transitions.items()}
+        for state in terminal_set:
+            table.setdefault(state, frozenset())
+        return cls(
+            name=name,
+            initial=initial,
+            transitions=table,
+            terminal=terminal_set,
+            failure=failure,
+            descriptions=dict(descriptions or {}),
+        )
+
+    @property
+    def states(self) -> frozenset[str]:
+        return frozenset(self.transitions)
+
+    def allowed(self, current: str) -> frozenset[str]:
+        if current not in self.transitions:
+            raise IllegalTransition(self.name, current, "?", ())
+        return self.transitions[current]
+
+    def is_terminal(self, state: str) -> bool:
+        return state in self.terminal
+
+    def can_fail(self, state: str) -> bool:
+        return self.failure is not None and self.failure in self.transitions.get(state, frozenset())
+
+    def _reachable(self) -> set[str]:
+        seen = {self.initial}
+        frontier = [self.initial]
+        while frontier:
+            for target in self.transitions[frontier.pop()]:
+                if target not in seen:
+                    seen.add(target)
+                    frontier.append(target)
+        return seen
+
+    def ordered_states(self) -> list[str]:
+        """States in breadth-first order from the initial state: a stable, readable order."""
+        order = [self.initial]
+        index = 0
+        while index < len(order):
+            for target in sorted(self.transitions[order[index]], key=self._terminal_last):
+                if target not in order:
+                    order.append(target)
+            index += 1
+        return order
+
+    def _terminal_last(self, state: str) -> tuple[bool, str]:
+        return (state in self.terminal, state)
+
+
+def transition(machine: Machine, current: str, target: str) -> str:
+    """Return `target` if the machine declares `current -> target`, else raise `IllegalTransition`."""
+    allowed = machine.allowed(current)
+    if target not in allowed:
+        raise IllegalTransition(machine.name, current, target, allowed)
+    return target
+
+
+def to_mermaid(machine: Machine) -> str:
+    """A Mermaid `stateDiagram-v2` generated from the declaration (never drawn by hand)."""
+    lines = ["stateDiagram-v2", f"    [*] --> {machine.initial}"]
+    for source in machine.ordered_states():
+        for target in sorted(machine.transitions[source], key=machine._terminal_last):
+            lines.append(f"    {source} --> {target}")
+    for state in sorted(machine.terminal):
+        lines.append(f"    {state} --> [*]")
+    for state, text in machine.descriptions.items():
+        lines.append(f"    {state} : {state} ({text})")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,18 @@
+"""The ASGI application Restate calls: every virtual object of the agent service, registered once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import restate
+
+from app.agents.agent_task import AGENT_TASK, agent_task
+from app.machine import Machine
+
+SERVICES = [agent_task]
+MACHINES: dict[str, Machine] = {AGENT_TASK.name: AGENT_TASK}
+
+
+def create_restate_app() -> Any:
+    """The Restate endpoint (an ASGI app) hosting every agent's virtual object."""
+    return restate.app(services=SERVICES)

@@ -1,0 +1,143 @@
+"""Calls to the tool service: one pooled HTTP client, derived Idempotency-Keys, errors classified.
+
+These functions run only inside `ctx.run_typed`, so each call's result is journaled once and a
+retry reuses the same key. The classification is the contract with Restate's retries:
+
+* 2xx: the result (a replayed answer from the tool service's store is a normal result);
+* 409 with Retry-After: the same key is still in flight (e.g. a crashed attempt's lease), so ask
+  Restate to retry after that delay; the retry is safe because the key is the same;
+* any other 4xx: a request the tool service will never accept: `TerminalError`, no blind retry;
+* 5xx, timeouts and connection errors: transient; Restate retries with the same key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ConfigDict
+from restate import TerminalError
+from restate.exceptions import RetryableError
+
+from app.llm.port import ToolSpec
+from app.settings import get_settings
+
+
+class ToolResult(BaseModel):
+    """What a tool call journals: the tool, the key it used and its JSON result."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tool: str
+    idempotency_key: str
+    result: dict[str, Any]
+    replayed: bool = False
+
+
+class ToolCatalog(BaseModel):
+    tools: list[ToolSpec]
+
+    def names(self) -> set[str]:
+        return {tool.name for tool in self.tools}
+
+    def get(self, name: str) -> ToolSpec | None:
+        return next((tool for tool in self.tools if tool.name == name), None)
+
+
+class ToolServiceError(Exception):
+    """A transient failure of the tool service (5xx or unreachable); Restate retries it."""
+
+
+_clients: dict[int, httpx.AsyncClient] = {}
+
+
+def _client() -> httpx.AsyncClient:
+    """One pooled client per event loop (the SDK runs handlers on one loop per process)."""
+    loop_id = id(asyncio.get_running_loop())
+    client = _clients.get(loop_id)
+    if client is None or client.is_closed:
+        settings = get_settings()
+        client = httpx.AsyncClient(
+            base_url=settings.tools_url,
+            timeout=httpx.Timeout(settings.tool_timeout_seconds, connect=5.0),
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        )
+        _clients[loop_id] = client
+    return client
+
+
+async def close_clients() -> None:
+    for client in list(_clients.values()):
+        await client.aclose()
+    _clients.clear()
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+        error = body.get("error", {}) if isinstance(body, dict) else {}
+        message = error.get("message") if isinstance(error, dict) else None
+        details = error.get("details") if isinstance(error, dict) else None
+        if message:
+            return f"{message}" + (f" ({details})" if details else "")
+    except ValueError:
+        pass
+    return response.text[:500] or response.reason_phrase
+
+
+def _retry_after(response: httpx.Response) -> timedelta:
+    try:
+        return timedelta(seconds=max(1, int(response.headers.get("retry-after", "1"))))
+    except ValueError:
+        return timedelta(seconds=1)
+
+
+def classify(response: httpx.Response, what: str) -> None:
+    """Raise the exception that tells Restate what to do with a non-2xx answer."""
+    status = response.status_code
+    if status < 400:
+        return
+    message = f"{what}: tool service answered {status}: {_error_message(response)}"
+    if status == 409 and "retry-after" in response.headers:
+        raise RetryableError(message, status_code=409, retry_after=_retry_after(response))
+    if status in (408, 429):
+        raise RetryableError(message, status_code=status, retry_after=_retry_after(response))
+    if status < 500:
+        raise TerminalError(message, status_code=status)
+    raise ToolServiceError(message)
+
+
+async def call_tool(name: str, args: dict[str, Any], idempotency_key: str) -> ToolResult:
+    """POST /tools/{name} with the call's Idempotency-Key; run only inside `ctx.run_typed`."""
+    try:
+        response = await _client().post(
+            f"/tools/{name}", json=args, headers={"Idempotency-Key": idempotency_key}
+        )
+    except httpx.TransportError as exc:
+        raise ToolServiceError(f"tool {name}: tool service unreachable: {exc!r}") from exc
+    classify(response, f"tool {name}")
+    body = response.json()
+    if not isinstance(body, dict):
+        raise TerminalError(f"tool {name}: tool service answered a non-object result", status_code=502)
+    return ToolResult(
+        tool=name,
+        idempotency_key=idempotency_key,
+        result=body,
+        replayed=response.headers.get("idempotent-replayed") == "true",
+    )
+
+
+async def fetch_catalog() -> ToolCatalog:
+    """GET /tools: the tools the service offers, their argument schemas and side-effect flags."""
+    try:
+        response = await _client().get("/tools")
+    except httpx.TransportError as exc:
+        raise ToolServiceError(f"tool catalog: tool service unreachable: {exc!r}") from exc
+    classify(response, "tool catalog")
+    try:
+        return ToolCatalog.model_validate(response.json())
+    except ValueError as exc:
+        # A catalog we cannot read will not fix itself on retry: fail the step clearly.
+        raise TerminalError(f"tool catalog: unreadable answer from the tool service: {exc}") from exc

@@ -1,0 +1,381 @@
+"""Start the whole stack on this machine: restate-server, the tool service, the agent service.
+
+Used by the test fixtures and by `make demo`. Every process runs on free loopback ports with a
+private base dir, is started directly (the native restate-server binary, not the npm wrapper, so
+its PID is the server's own and a SIGKILL reaches it) and is stopped by PID, never by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+RESTATE_SERVER_BIN = ROOT / "node_modules/@restatedev/restate-server-linux-x64/bin/restate-server"
+RESTATE_CLI_BIN = ROOT / "node_modules/@restatedev/restate-linux-x64/bin/restate"
+RESTATE_CONFIG = ROOT / "restate.toml"
+
+
+class StackError(RuntimeError):
+    """A component did not start or did not answer in time (with the tail of its log)."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(
+    condition: Callable[[], bool], *, timeout: float, interval: float = 0.05, what: str = "condition"
+) -> None:
+    """Poll `condition` until it is true or `timeout` seconds pass (then raise TimeoutError)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if condition():
+                return
+        except (httpx.HTTPError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class ManagedProcess:
+    """One child process, its log file, and how to tell it is ready."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    ready: Callable[[], bool]
+    cwd: Path = ROOT
+    process: subprocess.Popen[bytes] | None = None
+    _log: IO[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, f"{self.name} is not running"
+        return self.process.pid
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            self.argv,
+            cwd=self.cwd,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        try:
+            wait_until(self._ready_or_dead, timeout=timeout, what=f"{self.name} to become ready")
+        except TimeoutError as exc:
+            raise StackError(f"{exc}\n--- {self.log_path} ---\n{self.log_tail()}") from None
+        if self.process.poll() is not None:
+            raise StackError(
+                f"{self.name} exited with {self.process.returncode}\n"
+                f"--- {self.log_path} ---\n{self.log_tail()}"
+            )
+
+    def _ready_or_dead(self) -> bool:
+        assert self.process is not None
+        return self.process.poll() is not None or self.ready()
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: the crash the durability tests inject."""
+        if self.alive():
+            assert self.process is not None
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM, then SIGKILL if it does not exit in time; returns the exit code."""
+        code: int | None = None
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGTERM)
+                try:
+                    self.process.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    self.process.send_signal(signal.SIGKILL)
+                    self.process.wait(timeout=10)
+            code = self.process.returncode
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return code
+
+    def restart(self, timeout: float = 60.0) -> None:
+        self.stop()
+        self.start(timeout=timeout)
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def _http_ok(url: str) -> bool:
+    return httpx.get(url, timeout=1.0).status_code == 200
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass
+class Stack:
+    """The running components and their addresses; `stop()` ends every process it started."""
+
+    workdir: Path
+    database_url: str
+    always_replay: bool = False
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    ingress_port: int = field(default_factory=free_port)
+    admin_port: int = field(default_factory=free_port)
+    fabric_port: int = field(default_factory=free_port)
+    app_port: int = field(default_factory=free_port)
+    approvals_port: int = field(default_factory=free_port)
+    tools_port: int = field(default_factory=free_port)
+    restate: ManagedProcess | None = None
+    tools: ManagedProcess | None = None
+    app: ManagedProcess | None = None
+
+    @property
+    def ingress_url(self) -> str:
+        return f"http://127.0.0.1:{self.ingress_port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def tools_url(self) -> str:
+        return f"http://127.0.0.1:{self.tools_port}"
+
+    @property
+    def app_url(self) -> str:
+        return f"http://127.0.0.1:{self.app_port}"
+
+    def service_env(self) -> dict[str, str]:
+        """The environment both services get: every address of this stack, nothing inherited by luck."""
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("RESTATE_", "ANTHROPIC_", "TOOLS_", "APP_", "DATABASE_URL", "AGENT_"))
+        }
+        env.update(
+            {
+                "PYTHONUNBUFFERED": "1",
+                "RESTATE_INGRESS_URL": self.ingress_url,
+                "RESTATE_ADMIN_URL": self.admin_url,
+                "APP_HOST": "127.0.0.1",
+                "APP_PORT": str(self.app_port),
+                "APPROVALS_PORT": str(self.approvals_port),
+                "TOOLS_HOST": "127.0.0.1",
+                "TOOLS_PORT": str(self.tools_port),
+                "TOOLS_URL": self.tools_url,
+                "DATABASE_URL": self.database_url,
+            }
+        )
+        if self.always_replay:
+            # Defer the inactivity timeout to the server, which is set to 0s below.
+            env["AGENT_INACTIVITY_TIMEOUT_SECONDS"] = "0"
+        env.update(self.extra_env)
+        return env
+
+    def restate_env(self) -> dict[str, str]:
+        env = {key: value for key, value in os.environ.items() if not key.startswith("RESTATE_")}
+        env.update(
+            {
+                "RESTATE_BASE_DIR": str(self.workdir / "restate"),
+                "RESTATE_BIND_PORT": str(self.fabric_port),
+                "RESTATE_ADMIN__BIND_PORT": str(self.admin_port),
+                "RESTATE_INGRESS__BIND_PORT": str(self.ingress_port),
+                "RESTATE_DISABLE_TELEMETRY": "true",
+                # Retries come fast in tests so a restarted worker is picked up at once.
+                "RESTATE_DEFAULT_RETRY_POLICY__INITIAL_INTERVAL": "100ms",
+                "RESTATE_DEFAULT_RETRY_POLICY__MAX_INTERVAL": "2s",
+            }
+        )
+        if self.always_replay:
+            # Suspend after every await and replay on resume: shakes out any non-determinism.
+            env["RESTATE_WORKER__INVOKER__INACTIVITY_TIMEOUT"] = "0s"
+        return env
+
+    def start_restate(self) -> None:
+        if not RESTATE_SERVER_BIN.exists():
+            raise StackError(f"{RESTATE_SERVER_BIN} is missing: run `make install` (npm ci) first")
+        self.restate = ManagedProcess(
+            name="restate-server",
+            argv=[str(RESTATE_SERVER_BIN), "--config-file", str(RESTATE_CONFIG)],
+            env=self.restate_env(),
+            log_path=self.workdir / "logs/restate-server.log",
+            ready=lambda: (
+                _http_ok(f"{self.admin_url}/health") and _http_ok(f"{self.ingress_url}/restate/health")
+            ),
+            cwd=self.workdir,
+        )
+        self.restate.start(timeout=90)
+
+    def start_tools(self) -> None:
+        self.tools = ManagedProcess(
+            name="tool service",
+            argv=[sys.executable, "-m", "tools"],
+            env=self.service_env(),
+            log_path=self.workdir / "logs/tools.log",
+            ready=lambda: _http_ok(f"{self.tools_url}/health"),
+        )
+        self.tools.start()
+
+    def start_app(self) -> None:
+        self.app = ManagedProcess(
+            name="agent service",
+            argv=[sys.executable, "-m", "app"],
+            env=self.service_env(),
+            log_path=self.workdir / "logs/app.log",
+            ready=lambda: _port_open(self.app_port),
+        )
+        self.app.start()
+
+    def register(self) -> dict[str, Any]:
+        """Register (or re-register, with force) the agent service's deployment with Restate."""
+        response = httpx.post(
+            f"{self.admin_url}/deployments",
+            json={"uri": self.app_url, "force": True},
+            timeout=30.0,
+        )
+        if response.status_code >= 300:
+            raise StackError(f"registering {self.app_url} failed: {response.status_code} {response.text}")
+        body: dict[str, Any] = response.json()
+        return body
+
+    def start(self) -> Stack:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.start_restate()
+            self.start_tools()
+            self.start_app()
+            self.register()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for process in (self.app, self.tools, self.restate):
+            if process is not None:
+                process.stop()
+
+    def cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        """Run the Restate CLI against this stack's server."""
+        env = {key: value for key, value in os.environ.items() if not key.startswith("RESTATE_")}
+        env.update({"RESTATE_ADMIN_URL": self.admin_url, "RESTATE_INGRESS_URL": self.ingress_url})
+        return subprocess.run(
+            [str(RESTATE_CLI_BIN), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def call(
+        self, agent: str, key: str, handler: str, body: Any = None, timeout: float = 120.0
+    ) -> httpx.Response:
+        """Call a handler through the Restate ingress and wait for its answer."""
+        return self._ingress_post(f"/{agent}/{key}/{handler}", body, timeout=timeout)
+
+    def send(self, agent: str, key: str, handler: str, body: Any, idempotency_key: str | None = None) -> str:
+        """Fire-and-forget through the ingress; returns the invocation id."""
+        headers = {"idempotency-key": idempotency_key} if idempotency_key else {}
+        response = self._ingress_post(f"/{agent}/{key}/{handler}/send", body, headers=headers)
+        if response.status_code != 202:
+            raise StackError(f"send {agent}/{key}/{handler}: {response.status_code} {response.text}")
+        invocation_id: str = response.json()["invocationId"]
+        return invocation_id
+
+    def status(self, agent: str, key: str) -> dict[str, Any]:
+        response = self.call(agent, key, "status", timeout=30.0)
+        response.raise_for_status()
+        view: dict[str, Any] = response.json()
+        return view
+
+    def wait_for_state(
+        self, agent: str, key: str, states: set[str], timeout: float = 120.0
+    ) -> dict[str, Any]:
+        """Poll `status` until the task is in one of `states`; returns that view."""
+        seen: dict[str, Any] = {}
+
+        def reached() -> bool:
+            response = self.call(agent, key, "status", timeout=10.0)
+            if response.status_code != 200:
+                return False
+            seen.update(response.json())
+            return seen.get("state") in states
+
+        try:
+            wait_until(
+                reached, timeout=timeout, interval=0.1, what=f"{agent}/{key} to reach {sorted(states)}"
+            )
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; last view: {seen}") from None
+        return seen
+
+    def _ingress_post(
+        self, path: str, body: Any, *, headers: Mapping[str, str] | None = None, timeout: float = 30.0
+    ) -> httpx.Response:
+        if body is None:
+            # Handlers without input want an empty body and no content type.
+            return httpx.post(f"{self.ingress_url}{path}", headers=dict(headers or {}), timeout=timeout)
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return httpx.post(
+            f"{self.ingress_url}{path}",
+            content=content,
+            headers={"content-type": "application/json", **(headers or {})},
+            timeout=timeout,
+        )
+
+    def sql(self, query: str) -> list[dict[str, Any]]:
+        """Restate's introspection SQL through the admin API."""
+        response = httpx.post(
+            f"{self.admin_url}/query",
+            json={"query": query},
+            headers={"accept": "application/json"},
+            timeout=30.0,
+        )
+        response.raise_for_status()
+        rows: list[dict[str, Any]] = response.json()["rows"]
+        return rows
+
+
+@contextlib.contextmanager
+def running_stack(workdir: Path, database_url: str, **options: Any) -> Iterator[Stack]:
+    stack = Stack(workdir=workdir, database_url=database_url, **options)
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()

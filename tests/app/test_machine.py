@@ -1,0 +1,106 @@
+"""The machine declaration, the pure transition function and the generated diagram."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from app.agents.agent_task import AGENT_TASK
+from app.machine import IllegalTransition, Machine, MachineDeclarationError, to_mermaid, transition
+
+HAPPY_PATH = ["INITIAL", "FETCH_CONTEXT", "ANALYZE", "PLAN", "EXECUTE", "VERIFY", "COMPLETE"]
+
+
+def test_agent_task_happy_path_is_declared() -> None:
+    for current, target in itertools.pairwise(HAPPY_PATH):
+        assert transition(AGENT_TASK, current, target) == target
+
+
+@pytest.mark.parametrize("state", HAPPY_PATH[:-1])
+def test_every_working_state_can_fail(state: str) -> None:
+    assert transition(AGENT_TASK, state, "FAILED") == "FAILED"
+    assert AGENT_TASK.can_fail(state)
+
+
+@pytest.mark.parametrize(
+    ("current", "target"),
+    [
+        ("INITIAL", "EXECUTE"),  # skipping the plan
+        ("PLAN", "COMPLETE"),  # skipping execution and verification
+        ("EXECUTE", "PLAN"),  # going back
+        ("COMPLETE", "FAILED"),  # leaving a terminal state
+        ("FAILED", "INITIAL"),
+    ],
+)
+def test_undeclared_transition_is_refused_with_a_clear_error(current: str, target: str) -> None:
+    with pytest.raises(IllegalTransition) as raised:
+        transition(AGENT_TASK, current, target)
+    message = str(raised.value)
+    assert f"undeclared transition {current} -> {target}" in message
+    assert raised.value.allowed == sorted(AGENT_TASK.transitions[current])
+
+
+def test_unknown_state_is_refused() -> None:
+    with pytest.raises(IllegalTransition):
+        transition(AGENT_TASK, "NOPE", "FAILED")
+
+
+def test_terminal_states() -> None:
+    assert AGENT_TASK.terminal == {"COMPLETE", "FAILED"}
+    assert AGENT_TASK.is_terminal("COMPLETE") and not AGENT_TASK.is_terminal("VERIFY")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "problem"),
+    [
+        ({"initial": "X", "transitions": {"A": ["B"]}, "terminal": ["B"]}, "initial state X"),
+        ({"initial": "A", "transitions": {"A": ["C"]}, "terminal": ["B"]}, "undeclared states ['C']"),
+        (
+            {"initial": "A", "transitions": {"A": ["B"], "B": ["A"]}, "terminal": ["B"]},
+            "terminal state B has",
+        ),
+        ({"initial": "A", "transitions": {"A": ["B"], "C": ["B"]}, "terminal": ["B"]}, "unreachable"),
+        ({"initial": "A", "transitions": {"A": ["B"], "B": []}, "terminal": []}, "dead end"),
+        (
+            {"initial": "A", "transitions": {"A": ["B", "F"]}, "terminal": ["B"], "failure": "F"},
+            "undeclared states",
+        ),
+    ],
+)
+def test_inconsistent_declarations_are_refused(kwargs: dict[str, Any], problem: str) -> None:
+    with pytest.raises(MachineDeclarationError, match=problem.replace("[", r"\[").replace("]", r"\]")):
+        Machine.declare("Broken", **kwargs)
+
+
+def test_mermaid_lists_every_declared_transition_and_nothing_else() -> None:
+    diagram = to_mermaid(AGENT_TASK)
+    assert diagram.startswith("stateDiagram-v2\n")
+    assert "    [*] --> INITIAL" in diagram
+    edges = {
+        tuple(line.strip().split(" --> "))
+        for line in diagram.splitlines()
+        if " --> " in line and "[*]" not in line
+    }
+    declared = {(source, target) for source, targets in AGENT_TASK.transitions.items() for target in targets}
+    assert edges == declared
+    assert "    COMPLETE --> [*]" in diagram and "    FAILED --> [*]" in diagram
+
+
+def test_diagram_command_prints_the_generated_diagram() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "diagram", "AgentTask"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == to_mermaid(AGENT_TASK)
+
+
+def test_diagram_command_names_unknown_machines() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "diagram", "Nope"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 2
+    assert "unknown machine 'Nope'" in done.stderr and "AgentTask" in done.stderr

@@ -1,0 +1,48 @@
+"""Real-server fixtures: restate-server (the npm binary), the tool service and the agent service as
+subprocesses on free ports with private dirs, registered with `force`; every process stopped by PID.
+
+`stack` runs in the normal mode; `replay_stack` in always-replay mode (the server's invoker
+inactivity timeout is 0s, so every await suspends the invocation and the next step replays the
+journal from the start). `any_stack` runs a test once in each mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deploy.local import Stack, running_stack
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.integration)
+
+
+def sqlite_url(directory: Path) -> str:
+    return f"sqlite:///{directory / 'agents.db'}"
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    workdir = tmp_path_factory.mktemp("stack")
+    with running_stack(workdir, sqlite_url(workdir)) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def replay_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    workdir = tmp_path_factory.mktemp("replay-stack")
+    with running_stack(workdir, sqlite_url(workdir), always_replay=True) as running:
+        yield running
+
+
+@pytest.fixture(params=["normal", "always-replay"])
+def any_stack(request: pytest.FixtureRequest) -> Stack:
+    name = "stack" if request.param == "normal" else "replay_stack"
+    running: Stack = request.getfixturevalue(name)
+    return running

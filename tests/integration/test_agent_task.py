@@ -1,0 +1,103 @@
+"""AgentTask against the real Restate server, through the ingress, in both modes."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+
+from deploy.local import Stack
+
+
+def new_task_id(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def tickets(stack: Stack) -> list[dict[str, Any]]:
+    response = httpx.get(f"{stack.tools_url}/tickets", timeout=10)
+    response.raise_for_status()
+    body = response.json()
+    found: list[dict[str, Any]] = body["tickets"]
+    return found
+
+
+def test_task_reaches_complete_through_the_ingress(any_stack: Stack) -> None:
+    task_id = new_task_id()
+    response = any_stack.call(
+        "AgentTask", task_id, "run", {"user_id": "u-1", "task": "Open a ticket: the VPN is broken"}
+    )
+    assert response.status_code == 200, response.text
+    view = response.json()
+    assert view["task_id"] == task_id
+    assert view["state"] == "COMPLETE" and view["terminal"] is True
+    assert view["error"] is None
+    assert view["model"] == "offline"
+    states = [entry["to_state"] for entry in view["history"]]
+    assert states == ["INITIAL", "FETCH_CONTEXT", "ANALYZE", "PLAN", "EXECUTE", "VERIFY", "COMPLETE"]
+    assert [entry["from_state"] for entry in view["history"][1:]] == states[:-1]
+    assert all(entry["at"] for entry in view["history"])
+    assert view["result"]["tool_calls"] == 1
+    executed = view["data"]["executed"]
+    assert [call["tool"] for call in executed] == ["create_ticket"]
+
+    # status (shared) reports the same view, and the ticket exists exactly once.
+    assert any_stack.status("AgentTask", task_id) == view
+    ticket_id = executed[0]["result"]["ticket_id"]
+    assert [t["ticket_id"] for t in tickets(any_stack)].count(ticket_id) == 1
+
+
+def test_running_a_finished_task_again_does_not_act_again(stack: Stack) -> None:
+    task_id = new_task_id()
+    body = {"user_id": "u-2", "task": "Please open a ticket for the broken printer"}
+    first = stack.call("AgentTask", task_id, "run", body).json()
+    before = len(tickets(stack))
+    again = stack.call("AgentTask", task_id, "run", body)
+    assert again.status_code == 200
+    assert again.json() == first
+    assert len(tickets(stack)) == before
+
+
+def test_same_task_id_with_different_input_is_refused(stack: Stack) -> None:
+    task_id = new_task_id()
+    stack.call("AgentTask", task_id, "run", {"user_id": "u-1", "task": "open a ticket: disk full"})
+    refused = stack.call("AgentTask", task_id, "run", {"user_id": "u-1", "task": "something else"})
+    assert refused.status_code == 409
+    assert "different input" in refused.text
+
+
+def test_failing_verification_reaches_failed_with_its_reason(any_stack: Stack) -> None:
+    task_id = new_task_id()
+    # Nothing in this task maps to a tool, so the plan is empty and verification must fail.
+    view = any_stack.call(
+        "AgentTask", task_id, "run", {"user_id": "u-1", "task": "Ponder the meaning of life"}
+    )
+    assert view.status_code == 200, view.text
+    body = view.json()
+    assert body["state"] == "FAILED"
+    assert body["error"]["state"] == "VERIFY"
+    assert body["error"]["code"] == "verification_failed"
+    assert "no tool was planned" in body["error"]["message"]
+    assert [e["to_state"] for e in body["history"]][-2:] == ["VERIFY", "FAILED"]
+    assert any_stack.status("AgentTask", task_id)["state"] == "FAILED"
+
+
+def test_malformed_input_is_a_400_and_leaves_no_task(stack: Stack) -> None:
+    for bad, problem in [
+        ({"user_id": "u-1"}, "task: Field required"),
+        ({"user_id": "", "task": "x"}, "user_id"),
+        ({"user_id": "u-1", "task": "x", "extra": 1}, "extra: Extra inputs are not permitted"),
+        (b"{not json", "invalid input"),
+        ([1, 2], "invalid input"),
+    ]:
+        task_id = new_task_id("bad")
+        response = stack.call("AgentTask", task_id, "run", bad)
+        assert response.status_code == 400, (bad, response.status_code, response.text)
+        assert problem in response.text, (bad, response.text)
+        assert stack.call("AgentTask", task_id, "status").status_code == 404
+
+
+def test_status_of_an_unknown_task_is_404(stack: Stack) -> None:
+    response = stack.call("AgentTask", new_task_id("unknown"), "status")
+    assert response.status_code == 404
+    assert "no AgentTask task" in response.text

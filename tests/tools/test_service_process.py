@@ -1,0 +1,109 @@
+"""`python -m tools` as a real process: a request in flight, its duplicate, its replay, SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.tools.calls import TICKET
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+STARTUP_DEADLINE_SECONDS = 30
+LATENCY_MS = 1500
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_until(
+    condition: Callable[[], Any],
+    deadline_seconds: float,
+    what: str,
+    process: subprocess.Popen[bytes] | None = None,
+) -> Any:
+    deadline = time.monotonic() + deadline_seconds
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the service exited with {process.returncode} while waiting for {what}")
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {deadline_seconds}s waiting for {what}")
+
+
+def _healthy(http: httpx.Client) -> bool:
+    try:
+        return http.get("/health").status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_the_service_process_serves_idempotently_and_stops_on_sigterm(tmp_path):
+    port = _free_port()
+    env = {
+        **os.environ,
+        "TOOLS_HOST": "127.0.0.1",
+        "TOOLS_PORT": str(port),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'tools.db'}",
+        "TOOLS_SIMULATED_LATENCY_MS": str(LATENCY_MS),
+        "IDEMPOTENCY_LEASE_SECONDS": "30",
+    }
+    log_path = tmp_path / "tools.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tools"], cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            _wait_until(lambda: _healthy(http), STARTUP_DEADLINE_SECONDS, "/health", process)
+            assert f"tools service listening on http://127.0.0.1:{port}" in log_path.read_text()
+
+            key = "task-42:EXECUTE:0"
+            headers = {"Idempotency-Key": key}
+            first: dict[str, httpx.Response] = {}
+            caller = threading.Thread(
+                target=lambda: first.update(
+                    response=http.post("/tools/create_ticket", json=TICKET, headers=headers)
+                )
+            )
+            caller.start()
+            try:
+                _wait_until(
+                    lambda: http.get(f"/idempotency/{key}").json().get("status") == "in_flight",
+                    5,
+                    "the first call to be in flight",
+                    process,
+                )
+                duplicate = http.post("/tools/create_ticket", json=TICKET, headers=headers)
+            finally:
+                caller.join(timeout=10)
+
+            assert duplicate.status_code == 409
+            assert int(duplicate.headers["retry-after"]) >= 1
+            assert first["response"].status_code == 200
+            replay = http.post("/tools/create_ticket", json=TICKET, headers=headers)
+            assert replay.status_code == 200
+            assert replay.headers["idempotent-replayed"] == "true"
+            assert replay.content == first["response"].content
+            assert len(http.get("/tickets").json()["tickets"]) == 1
+
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)

@@ -1,0 +1,78 @@
+"""`python -m tools`: serve the tool service with hypercorn until SIGTERM or SIGINT (exit code 0)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from typing import Any
+
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+
+from tools.api import create_app
+from tools.settings import ToolsSettings, get_tools_settings
+
+logger = logging.getLogger("tools")
+
+
+def listen(host: str, port: int, backlog: int) -> socket.socket:
+    """Bind and listen before the app starts, so "listening" is true once it is logged: the
+    kernel queues connections until hypercorn accepts them, right after the app's startup."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    return sock
+
+
+class _AnnounceWhenReady:
+    """Logs the ready line when the app's startup (schema, demo data) has completed."""
+
+    def __init__(self, app: Any, url: str) -> None:
+        self._app = app
+        self._url = url
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await self._app(scope, receive, send)
+            return
+
+        async def announcing_send(message: dict[str, Any]) -> None:
+            await send(message)
+            if message["type"] == "lifespan.startup.complete":
+                logger.info("tools service listening on %s", self._url)
+
+        await self._app(scope, receive, announcing_send)
+
+
+async def run(settings: ToolsSettings) -> None:
+    shutdown = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, shutdown.set)
+
+    config = Config()
+    sock = listen(settings.tools_host, settings.tools_port, config.backlog)
+    host, port = sock.getsockname()[:2]
+    # Hypercorn adopts the listening socket; detach so only its socket object closes the fd.
+    config.bind = [f"fd://{sock.detach()}"]
+    config.accesslog = None
+    # Hypercorn's own log lines go through the root handler configured in main(), printed once.
+    config.errorlog = logging.getLogger("hypercorn.error")
+    display_host = f"[{host}]" if ":" in host else host
+    app = _AnnounceWhenReady(create_app(settings), f"http://{display_host}:{port}")
+    await serve(app, config, shutdown_trigger=shutdown.wait, mode="asgi")
+    logger.info("tools service stopped")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(run(get_tools_settings()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,412 @@
+"""The tool service's HTTP surface (Starlette): run tools under an Idempotency-Key, list them.
+
+`POST /tools/{name}` checks everything about the request first (header, size, JSON, arguments),
+so bad input is refused without touching the idempotency store; then it claims the key, runs the
+tool and completes the key in one transaction (see tools/idempotency.py for why that order).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from typing import Any
+
+import anyio.to_thread
+from pydantic import ValidationError
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tools.db import create_schema, make_engine, make_session_factory, utc_now
+from tools.definition import Tool, ToolCall, ToolError
+from tools.errors import ApiError, error_body
+from tools.idempotency import (
+    MAX_KEY_LENGTH,
+    Claimed,
+    ClaimLost,
+    IdempotencyStore,
+    InFlight,
+    KeyReused,
+    Replay,
+    StoredResponse,
+    request_hash,
+)
+from tools.notifications import list_notifications
+from tools.registry import ToolRegistry, default_registry
+from tools.settings import ToolsSettings, get_tools_settings
+from tools.tickets import list_tickets
+from tools.users import seed_demo_users
+
+logger = logging.getLogger(__name__)
+
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+JSON_MEDIA_TYPE = "application/json"
+
+
+def render_json(content: Any) -> str:
+    """The exact text of a JSON response body; stored as is, so a replay is byte-identical."""
+    return json.dumps(content, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def json_response(content: Any, status_code: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    return _text_response(render_json(content), status_code, headers)
+
+
+def _text_response(body: str, status_code: int, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(body, status_code=status_code, headers=dict(headers or {}), media_type=JSON_MEDIA_TYPE)
+
+
+def error_response(
+    status_code: int,
+    code: str,
+    message: str,
+    details: Any = None,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    return json_response(error_body(code, message, details), status_code, headers)
+
+
+# --- reading and checking a tool request ----------------------------------------------------
+
+
+def idempotency_key_from(request: Request) -> str:
+    """The request's Idempotency-Key, bare (Stripe) or as a structured-field string (IETF)."""
+    raw = request.headers.get(IDEMPOTENCY_KEY_HEADER)
+    if raw is None or not raw.strip():
+        raise ApiError(
+            400,
+            "missing_idempotency_key",
+            f"Send an {IDEMPOTENCY_KEY_HEADER} header: every tool call must be safe to retry.",
+        )
+    key = raw.strip()
+    if len(key) >= 2 and key.startswith('"') and key.endswith('"'):
+        key = key[1:-1]
+    if not key:
+        raise ApiError(400, "missing_idempotency_key", f"The {IDEMPOTENCY_KEY_HEADER} header is empty.")
+    if len(key) > MAX_KEY_LENGTH:
+        raise ApiError(
+            400,
+            "invalid_idempotency_key",
+            f"The {IDEMPOTENCY_KEY_HEADER} is {len(key)} characters long; "
+            f"at most {MAX_KEY_LENGTH} are allowed.",
+        )
+    if not key.isprintable():
+        raise ApiError(
+            400, "invalid_idempotency_key", f"The {IDEMPOTENCY_KEY_HEADER} contains non-printable characters."
+        )
+    return key
+
+
+def check_content_type(request: Request) -> None:
+    content_type = request.headers.get("content-type")
+    if content_type is None:
+        return  # tolerated: the body must still be a JSON object
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type != JSON_MEDIA_TYPE and not media_type.endswith("+json"):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"Send the arguments as {JSON_MEDIA_TYPE}, not {media_type or 'an empty content type'}.",
+        )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed `limit` bytes."""
+    too_large = ApiError(413, "body_too_large", f"The request body exceeds the limit of {limit} bytes.")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    try:
+        decoded = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(
+            400, "invalid_encoding", f"The request body is not valid UTF-8 (byte {exc.start})."
+        ) from None
+    if not decoded.strip():
+        raise ApiError(400, "invalid_json", "The request body is empty; send the arguments as a JSON object.")
+    try:
+        payload = json.loads(decoded, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        raise ApiError(
+            400,
+            "invalid_json",
+            f"The request body is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}.",
+        ) from None
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, "invalid_json", f"The request body is not valid JSON: {exc}.") from None
+    if _has_unpaired_surrogate(payload):
+        # "\ud800" is legal JSON but not text: no database would store it, so refuse it here.
+        raise ApiError(400, "invalid_json", "The request body contains an unpaired UTF-16 surrogate escape.")
+    if not isinstance(payload, dict):
+        raise ApiError(
+            422,
+            "body_not_object",
+            f"The request body must be a JSON object of arguments, not a JSON {_json_kind(payload)}.",
+        )
+    return payload
+
+
+def _has_unpaired_surrogate(payload: Any) -> bool:
+    try:
+        json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    if value is None:
+        return "null"
+    return "number"
+
+
+def validate_args(tool: Tool[Any, Any], payload: dict[str, Any]) -> Any:
+    try:
+        return tool.args_model.model_validate(payload)
+    except ValidationError as exc:
+        errors = [
+            {"loc": list(error["loc"]), "msg": error["msg"], "type": error["type"]} for error in exc.errors()
+        ]
+        raise ApiError(
+            422,
+            "validation_error",
+            f"The arguments of {tool.name!r} are invalid ({len(errors)} error(s)); see details.",
+            errors,
+        ) from None
+
+
+# --- the application ------------------------------------------------------------------------
+
+
+class _ToolService:
+    """The handlers, bound to the database, the idempotency store and the registry."""
+
+    def __init__(
+        self,
+        settings: ToolsSettings,
+        registry: ToolRegistry,
+        engine: Engine,
+        sessions: sessionmaker[Session],
+        store: IdempotencyStore,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.engine = engine
+        self.sessions = sessions
+        self.store = store
+        self.clock = clock
+
+    def start(self) -> None:
+        create_schema(self.engine)
+        seed_demo_users(self.sessions)
+
+    async def call_tool(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        tool = self.registry.get(name)
+        if tool is None:
+            raise ApiError(404, "unknown_tool", f"There is no tool named {name!r}; GET /tools lists them.")
+        key = idempotency_key_from(request)
+        check_content_type(request)
+        payload = parse_json_object(await read_body(request, self.settings.max_body_bytes))
+        args = validate_args(tool, payload)
+        fingerprint = request_hash(tool.name, payload)
+
+        claim = await anyio.to_thread.run_sync(self.store.claim, key, tool.name, fingerprint)
+        if not isinstance(claim, Claimed):
+            return self._answer_without_running(claim)
+        if claim.taken_over:
+            logger.warning("took over the expired claim on Idempotency-Key %r (%s)", key, tool.name)
+
+        if self.settings.tools_simulated_latency_ms:
+            # Testing knob: the claim is committed, the effect not yet (see ToolsSettings).
+            await anyio.sleep(self.settings.tools_simulated_latency_ms / 1000)
+
+        def effect(session: Session) -> StoredResponse:
+            return self._run_tool(
+                tool, args, ToolCall(session=session, idempotency_key=key, now=self.clock())
+            )
+
+        try:
+            outcome = await anyio.to_thread.run_sync(self.store.execute, key, claim.claim_token, effect)
+        except Exception:
+            # The effect rolled back and the claim was released: a retry runs the tool afresh.
+            logger.exception("tool %r failed unexpectedly (Idempotency-Key %r)", tool.name, key)
+            return error_response(
+                500,
+                "tool_failed",
+                f"The tool {tool.name!r} failed unexpectedly; its effect was rolled back. "
+                "Retry with the same Idempotency-Key.",
+            )
+        if isinstance(outcome, ClaimLost):
+            logger.warning("lost the claim on Idempotency-Key %r to a takeover; rolled back", key)
+            return self._answer_without_running(
+                await anyio.to_thread.run_sync(self.store.current_outcome, key, fingerprint)
+            )
+        return _text_response(outcome.response.body, outcome.response.status_code)
+
+    @staticmethod
+    def _run_tool(tool: Tool[Any, Any], args: Any, call: ToolCall) -> StoredResponse:
+        """Runs inside the completion transaction; a domain error becomes a stored 4xx."""
+        try:
+            # A savepoint, so a domain error undoes the tool's partial writes but the
+            # transaction still commits the key as done with the error response.
+            with call.session.begin_nested():
+                result = tool.run(call, args)
+        except ToolError as exc:
+            return StoredResponse(
+                exc.status_code, render_json(error_body(exc.code, exc.message, exc.details))
+            )
+        return StoredResponse(200, render_json(result.model_dump(mode="json")))
+
+    @staticmethod
+    def _answer_without_running(outcome: Replay | KeyReused | InFlight) -> Response:
+        if isinstance(outcome, Replay):
+            return _text_response(
+                outcome.response.body, outcome.response.status_code, {REPLAYED_HEADER: "true"}
+            )
+        if isinstance(outcome, KeyReused):
+            return error_response(
+                422,
+                "idempotency_key_reused",
+                "Idempotency-Key reused with a different request: a key names exactly one request "
+                "(tool and body); use a new key for a new request.",
+            )
+        details = None
+        if outcome.lease_expires_at is not None:
+            details = {"lease_expires_at": outcome.lease_expires_at.isoformat()}
+        return error_response(
+            409,
+            "request_in_flight",
+            "The first request with this Idempotency-Key is still in flight; retry after it completes.",
+            details,
+            {"Retry-After": str(outcome.retry_after_seconds)},
+        )
+
+    async def list_tools(self, request: Request) -> Response:
+        return json_response({"tools": self.registry.catalog()})
+
+    async def health(self, request: Request) -> Response:
+        try:
+            await anyio.to_thread.run_sync(self._ping_database)
+        except Exception:
+            logger.exception("health check: the database is unreachable")
+            return error_response(503, "database_unavailable", "The database does not answer.")
+        return json_response({"status": "ok"})
+
+    def _ping_database(self) -> None:
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+    async def get_idempotency_record(self, request: Request) -> Response:
+        key = request.path_params["key"]
+        record = await anyio.to_thread.run_sync(self.store.get, key)
+        if record is None:
+            raise ApiError(
+                404, "unknown_idempotency_key", f"No request has used the Idempotency-Key {key!r}."
+            )
+        return json_response(record.model_dump(mode="json"))
+
+    async def get_tickets(self, request: Request) -> Response:
+        tickets = await anyio.to_thread.run_sync(self._read, list_tickets)
+        return json_response({"tickets": [ticket.model_dump(mode="json") for ticket in tickets]})
+
+    async def get_notifications(self, request: Request) -> Response:
+        rows = await anyio.to_thread.run_sync(self._read, list_notifications)
+        return json_response({"notifications": [row.model_dump(mode="json") for row in rows]})
+
+    def _read(self, query: Callable[[Session], Any]) -> Any:
+        with self.sessions.begin() as session:
+            return query(session)
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    # Routing errors (unknown path 404, wrong method 405) in the service's one error shape.
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    return error_response(500, "internal_error", "The tool service failed unexpectedly.")
+
+
+def create_app(
+    settings: ToolsSettings | None = None,
+    *,
+    registry: ToolRegistry | None = None,
+    clock: Callable[[], datetime] = utc_now,
+) -> Starlette:
+    """The tool service. The schema and demo data are created at startup (the ASGI lifespan).
+
+    `registry` defaults to the generic agent's tools; `clock` is the service clock (leases,
+    timestamps). `app.state.engine` and `app.state.store` expose the database for inspection.
+    """
+    settings = settings or get_tools_settings()
+    engine = make_engine(settings.database_url)
+    sessions = make_session_factory(engine)
+    store = IdempotencyStore(sessions, timedelta(seconds=settings.idempotency_lease_seconds), clock)
+    service = _ToolService(settings, registry or default_registry(), engine, sessions, store, clock)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await anyio.to_thread.run_sync(service.start)
+        try:
+            yield
+        finally:
+            engine.dispose()
+
+    app = Starlette(
+        routes=[
+            Route("/tools", service.list_tools, methods=["GET"]),
+            Route("/tools/{name}", service.call_tool, methods=["POST"]),
+            Route("/health", service.health, methods=["GET"]),
+            Route("/idempotency/{key:path}", service.get_idempotency_record, methods=["GET"]),
+            Route("/tickets", service.get_tickets, methods=["GET"]),
+            Route("/notifications", service.get_notifications, methods=["GET"]),
+        ],
+        exception_handlers={
+            ApiError: _api_error,
+            HTTPException: _http_error,
+            Exception: _unexpected_error,
+        },
+        lifespan=lifespan,
+    )
+    app.state.engine = engine
+    app.state.store = store
+    app.state.settings = settings
+    return app
