@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
@@ -21,6 +22,8 @@ from restate import ObjectContext, ObjectSharedContext, RunOptions, TerminalErro
 from app import tool_client
 from app.machine import IllegalTransition, Machine, transition
 from app.tool_client import ToolResult
+
+log = logging.getLogger(__name__)
 
 TASK_KEY = "task"
 MAX_KEY_TASK_PART = 128
@@ -243,6 +246,9 @@ class AgentEngine(Generic[D]):
         A second `run` with the same input resumes (or just reports) the task; with different input
         it is refused, so a task id always names one piece of work.
         """
+        # Logged on every attempt (a replay starts from the top), so operators and the always-replay
+        # tests can see how often Restate resumed the handler.
+        log.info("%s/%s run: attempt started", self.machine.name, ctx.key())
         digest = input_hash(payload)
         record = await self.load(ctx)
         if record is None:

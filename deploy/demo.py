@@ -60,7 +60,7 @@ def run_demo(stack: Stack) -> int:
         say(f"\nResult: {view['result']}")
     say("\nTool calls (each under its derived Idempotency-Key):")
     for call in view["data"]["executed"]:
-        say(f"  {call['tool']}({call['args']}) -> {call['result']}")
+        say(f"  [{call['idempotency_key']}]\n    {call['tool']}({call['args']})\n    -> {call['result']}")
 
     say(f"\nRestate's journal of the run: restate invocations describe {invocation_id}")
     described = stack.cli("invocations", "describe", invocation_id)

@@ -116,7 +116,11 @@ async def execute(step: StepContext[AgentTaskData]) -> Next:
     assert step.data.plan is not None
     for call in step.data.plan.steps[len(step.data.executed) :]:
         done = await step.call_tool(call.tool, call.args)
-        step.data.executed.append(ExecutedCall(tool=call.tool, args=call.args, result=done.result))
+        step.data.executed.append(
+            ExecutedCall(
+                tool=call.tool, args=call.args, result=done.result, idempotency_key=done.idempotency_key
+            )
+        )
     return Next(target="VERIFY")
 
 

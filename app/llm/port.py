@@ -74,6 +74,7 @@ class ExecutedCall(_Wire):
     tool: str
     args: dict[str, Any]
     result: dict[str, Any]
+    idempotency_key: str | None = Field(None, description="The key the call was made under.")
 
 
 class VerifyInput(_Wire):

@@ -9,6 +9,8 @@ import httpx
 
 from deploy.local import Stack
 
+HAPPY_PATH = ["INITIAL", "FETCH_CONTEXT", "ANALYZE", "PLAN", "EXECUTE", "VERIFY", "COMPLETE"]
+
 
 def new_task_id(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
@@ -34,12 +36,13 @@ def test_task_reaches_complete_through_the_ingress(any_stack: Stack) -> None:
     assert view["error"] is None
     assert view["model"] == "offline"
     states = [entry["to_state"] for entry in view["history"]]
-    assert states == ["INITIAL", "FETCH_CONTEXT", "ANALYZE", "PLAN", "EXECUTE", "VERIFY", "COMPLETE"]
+    assert states == HAPPY_PATH
     assert [entry["from_state"] for entry in view["history"][1:]] == states[:-1]
     assert all(entry["at"] for entry in view["history"])
     assert view["result"]["tool_calls"] == 1
     executed = view["data"]["executed"]
     assert [call["tool"] for call in executed] == ["create_ticket"]
+    assert executed[0]["idempotency_key"] == f"AgentTask:{task_id}:EXECUTE.1:0"
 
     # status (shared) reports the same view, and the ticket exists exactly once.
     assert any_stack.status("AgentTask", task_id) == view
@@ -101,3 +104,18 @@ def test_status_of_an_unknown_task_is_404(stack: Stack) -> None:
     response = stack.call("AgentTask", new_task_id("unknown"), "status")
     assert response.status_code == 404
     assert "no AgentTask task" in response.text
+
+
+def attempts_logged(stack: Stack, task_id: str) -> int:
+    assert stack.app is not None
+    return stack.app.log_path.read_text().count(f"AgentTask/{task_id} run: attempt started")
+
+
+def test_always_replay_mode_really_suspends_and_replays(replay_stack: Stack, stack: Stack) -> None:
+    body = {"user_id": "u-1", "task": "open a ticket: monitor flickers"}
+    replayed, normal = new_task_id("replay"), new_task_id("normal")
+    assert replay_stack.call("AgentTask", replayed, "run", body).json()["state"] == "COMPLETE"
+    assert stack.call("AgentTask", normal, "run", body).json()["state"] == "COMPLETE"
+    # Normal mode runs the handler once; always-replay resumes it after every journaled await.
+    assert attempts_logged(stack, normal) == 1
+    assert attempts_logged(replay_stack, replayed) > len(HAPPY_PATH)

@@ -1,0 +1,109 @@
+"""AgentTask with `AnthropicModel`: the real `anthropic` SDK against a local fake Messages API.
+
+Shows the model's structured outputs driving the machine, and the error contract end to end: an
+overloaded API is retried by Restate (the SDK itself never retries), a request the API refuses
+fails the task with the reason recorded, and a negative verification ends in FAILED.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from app.llm.anthropic_model import ANALYZE_TOOL, PLAN_TOOL, VERIFY_TOOL
+from deploy.local import Stack, running_stack
+from tests.fakes.anthropic_api import FakeAnthropicAPI
+from tests.integration.conftest import sqlite_url
+
+
+@pytest.fixture(scope="module")
+def fake_llm() -> Iterator[FakeAnthropicAPI]:
+    with FakeAnthropicAPI(api_key="test-key") as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module", params=["normal", "always-replay"])
+def claude_stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, fake_llm: FakeAnthropicAPI
+) -> Iterator[Stack]:
+    workdir = tmp_path_factory.mktemp("claude-stack")
+    env = {
+        "ANTHROPIC_API_KEY": "test-key",
+        "ANTHROPIC_BASE_URL": fake_llm.url,
+        "ANTHROPIC_MODEL": "claude-test",
+    }
+    with running_stack(
+        workdir, sqlite_url(workdir), extra_env=env, always_replay=request.param == "always-replay"
+    ) as running:
+        yield running
+
+
+@pytest.fixture
+def llm(fake_llm: FakeAnthropicAPI) -> FakeAnthropicAPI:
+    fake_llm.reset()
+    return fake_llm
+
+
+def run_task(stack: Stack, text: str) -> dict[str, Any]:
+    response = stack.call(
+        "AgentTask", f"claude-{uuid.uuid4().hex[:10]}", "run", {"user_id": "u-1", "task": text}
+    )
+    assert response.status_code == 200, response.text
+    view: dict[str, Any] = response.json()
+    return view
+
+
+def test_structured_outputs_drive_the_task_to_complete(claude_stack: Stack, llm: FakeAnthropicAPI) -> None:
+    view = run_task(claude_stack, "Open a ticket: the coffee machine leaks")
+    assert view["state"] == "COMPLETE", view
+    assert view["model"] == "claude-test"
+    assert view["data"]["analysis"]["intent"]
+    assert [step["tool"] for step in view["data"]["plan"]["steps"]] == ["create_ticket"]
+    assert view["data"]["executed"][0]["result"]["ticket_id"].startswith("TCK-")
+    assert llm.counts() == {ANALYZE_TOOL: 1, PLAN_TOOL: 1, VERIFY_TOOL: 1}
+    sent = llm.requests_for(PLAN_TOOL)[0]["body"]
+    assert sent["model"] == "claude-test"
+    assert sent["tool_choice"] == {"type": "tool", "name": PLAN_TOOL}
+
+
+def test_overloaded_api_is_retried_by_restate_not_by_the_sdk(
+    claude_stack: Stack, llm: FakeAnthropicAPI
+) -> None:
+    llm.queue_error(529, tool=ANALYZE_TOOL, times=2)
+    view = run_task(claude_stack, "Open a ticket: the lift is stuck")
+    assert view["state"] == "COMPLETE", view
+    # Two 529s then a success: three requests, each a separate journaled attempt of one step.
+    assert llm.count(ANALYZE_TOOL) == 3
+    assert [r["status"] for r in llm.requests_for(ANALYZE_TOOL)] == [529, 529, 200]
+    assert llm.count(PLAN_TOOL) == 1 and llm.count(VERIFY_TOOL) == 1
+
+
+def test_request_the_api_refuses_fails_the_task_with_the_reason(
+    claude_stack: Stack, llm: FakeAnthropicAPI
+) -> None:
+    llm.queue_error(400, tool=PLAN_TOOL, message="prompt is too long")
+    view = run_task(claude_stack, "Open a ticket: the window is broken")
+    assert view["state"] == "FAILED"
+    assert view["error"]["state"] == "PLAN"
+    assert "prompt is too long" in view["error"]["message"]
+    assert "test-key" not in str(view)
+    # A permanent error is not retried: exactly one plan request, and nothing was executed.
+    assert llm.count(PLAN_TOOL) == 1
+    assert view["data"]["executed"] == []
+
+
+def test_negative_verification_ends_in_failed_with_the_model_reason(
+    claude_stack: Stack, llm: FakeAnthropicAPI
+) -> None:
+    llm.queue_tool_input({"success": False, "reason": "the ticket names the wrong floor"}, tool=VERIFY_TOOL)
+    view = run_task(claude_stack, "Open a ticket: the heating on floor 3 is off")
+    assert view["state"] == "FAILED"
+    assert view["error"] == {
+        "state": "VERIFY",
+        "code": "verification_failed",
+        "message": "the ticket names the wrong floor",
+    }
+    assert view["data"]["verification"] == {"success": False, "reason": "the ticket names the wrong floor"}
