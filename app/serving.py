@@ -1,8 +1,9 @@
 """Serve an ASGI app with hypercorn until SIGTERM or SIGINT, then shut down cleanly.
 
-The Restate SDK installs its own SIGTERM hook on the first request, which only notifies open
-streams; without an explicit shutdown trigger hypercorn would never exit on SIGTERM
-(restate-notes §1.10), and a Kubernetes grace period would end in SIGKILL.
+The Restate SDK installs its own SIGTERM handler on the first invocation, which only notifies open
+streams and replaces any handler installed before it; without our hook in the SDK's own list and
+an explicit shutdown trigger, hypercorn would never exit on SIGTERM (restate-notes §1.10), and a
+Kubernetes grace period would end in SIGKILL.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
+from restate.server import install_shutdown_hook
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +41,10 @@ async def serve_until_signalled(
     """Serve each (app, config) pair on one loop; the first SIGTERM or SIGINT stops them all."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    # The SDK registers its SIGTERM handler through this same hook list on its first invocation;
+    # a plain add_signal_handler would be replaced by it and SIGTERM would never stop the server.
+    install_shutdown_hook(loop, stop.set, signal.SIGTERM)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
 
     async def trigger() -> None:
         await stop.wait()

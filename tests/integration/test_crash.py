@@ -92,3 +92,14 @@ def test_sigkill_during_a_tool_call_resumes_without_repeating_anything(
         "submit_plan": 1,
         "submit_verification": 1,
     }
+
+
+def test_agent_service_exits_cleanly_on_sigterm(crash_stack: Stack) -> None:
+    # The SDK installs its own SIGTERM hook on the first invocation; serve one before stopping.
+    assert crash_stack.app is not None
+    task_id = f"sigterm-{uuid.uuid4().hex[:10]}"
+    view = crash_stack.call("AgentTask", task_id, "run", {"user_id": "u-2", "task": "Ponder"}).json()
+    assert view["terminal"] is True
+    assert crash_stack.app.stop(timeout=15) == 0
+    crash_stack.app.start()
+    assert crash_stack.status("AgentTask", task_id)["state"] == view["state"]
