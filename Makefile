@@ -8,9 +8,18 @@ PY_STAMP := $(VENV)/.installed
 NPM_STAMP := node_modules/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test lint format unit integration demo diagram clean
+.PHONY: install system-deps test lint format unit integration demo diagram clean
 
 install: $(PY_STAMP) $(NPM_STAMP)
+
+# Debian packages the tests use: Chromium for the inbox page's browser tests. Installed when run
+# as root (CI, the dev machines); otherwise a clear message says what to install.
+APT_PACKAGES := chromium
+system-deps:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	else echo "missing Debian packages: sudo apt-get install $(APT_PACKAGES)" >&2; exit 1; fi
 
 $(PY_STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,13 +39,13 @@ format: $(PY_STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: install lint
+test: install system-deps lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 unit: install
 	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
 
-integration: install
+integration: install system-deps
 	$(BIN)/pytest -m integration $(PYTEST_ARGS)
 
 demo: install

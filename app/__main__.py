@@ -11,6 +11,7 @@ from app.machine import to_mermaid
 
 
 def _serve() -> None:
+    from app.approvals.api import create_approvals_app
     from app.service import create_restate_app
     from app.serving import hypercorn_config, serve_until_signalled
     from app.settings import get_settings
@@ -23,7 +24,10 @@ def _serve() -> None:
         settings.app_port,
         "offline" if settings.uses_offline_model else settings.anthropic_model,
     )
-    apps = [(create_restate_app(), hypercorn_config(settings.app_host, settings.app_port))]
+    apps = [
+        (create_restate_app(), hypercorn_config(settings.app_host, settings.app_port)),
+        (create_approvals_app(settings), hypercorn_config(settings.app_host, settings.approvals_port)),
+    ]
     asyncio.run(serve_until_signalled(apps, on_shutdown=close_clients))
 
 

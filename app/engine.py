@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from restate import ObjectContext, ObjectSharedContext, RunOptions, TerminalError
 
 from app import tool_client
+from app.approvals.models import ApprovalRecord, ApprovalRequest, PendingApproval
+from app.approvals.waiting import await_gate
 from app.machine import IllegalTransition, Machine, transition
 from app.tool_client import ToolResult
 
@@ -81,6 +83,8 @@ class TaskRecord(BaseModel, Generic[D]):
     data: D
     result: dict[str, Any] | None = None
     error: TaskError | None = None
+    pending_approval: PendingApproval | None = None
+    approvals: list[ApprovalRecord] = Field(default_factory=list)
 
 
 class TransitionView(BaseModel):
@@ -88,6 +92,54 @@ class TransitionView(BaseModel):
     to_state: str
     at: str
     note: str | None = None
+
+
+class PendingApprovalView(BaseModel):
+    """A waiting gate as the public sees it: what, who, until when; never the awakeable id."""
+
+    state: str
+    summary: str
+    details: dict[str, Any]
+    approval_hash: str
+    approvers: list[str]
+    requested_at: str
+    deadline: str
+    reminder_at: str | None
+    reminded: bool
+    approval_ticket_id: str | None
+
+    @classmethod
+    def of(cls, pending: PendingApproval) -> PendingApprovalView:
+        return cls(
+            state=pending.state,
+            summary=pending.summary,
+            details=pending.details,
+            approval_hash=pending.approval_hash,
+            approvers=pending.approvers,
+            requested_at=_iso(pending.requested_at),
+            deadline=_iso(pending.deadline),
+            reminder_at=_iso(pending.reminder_at) if pending.reminder_at is not None else None,
+            reminded=pending.reminded,
+            approval_ticket_id=pending.approval_ticket_id,
+        )
+
+
+class ApprovalView(BaseModel):
+    """How a gate ended: the decision (or timeout), who, when, with what comment, on what hash."""
+
+    state: str
+    outcome: str
+    decision: str | None
+    approver: str | None
+    comment: str | None
+    decided_at: str
+    approval_hash: str
+    approval_ticket_id: str | None
+    reminded: bool
+
+    @classmethod
+    def of(cls, record: ApprovalRecord) -> ApprovalView:
+        return cls(**{**record.model_dump(), "decided_at": _iso(record.decided_at)})
 
 
 class TaskView(BaseModel):
@@ -101,7 +153,8 @@ class TaskView(BaseModel):
     terminal: bool
     model: str
     history: list[TransitionView]
-    pending_approval: dict[str, Any] | None = None
+    pending_approval: PendingApprovalView | None = None
+    approvals: list[ApprovalView] = Field(default_factory=list)
     result: dict[str, Any] | None = None
     error: TaskError | None = None
     data: dict[str, Any] = Field(default_factory=dict)
@@ -165,6 +218,8 @@ class StepContext(Generic[D]):
 
 
 StepFn = Callable[[StepContext[D]], Awaitable[Next]]
+# What a gate state asks a human to approve, built from the task's data.
+ApprovalFn = Callable[[StepContext[D]], ApprovalRequest]
 
 
 def _with_type(options: RunOptions[Any], result_type: type[T]) -> RunOptions[T]:
@@ -209,6 +264,8 @@ def view_of(record: TaskRecord[Any], machine: Machine) -> TaskView:
             TransitionView(from_state=t.from_state, to_state=t.to_state, at=_iso(t.at), note=t.note)
             for t in record.history
         ],
+        pending_approval=PendingApprovalView.of(record.pending_approval) if record.pending_approval else None,
+        approvals=[ApprovalView.of(approval) for approval in record.approvals],
         result=record.result,
         error=record.error,
         data=record.data.model_dump(mode="json"),
@@ -223,16 +280,24 @@ class AgentEngine(Generic[D]):
         machine: Machine,
         data_type: type[D],
         steps: Mapping[str, StepFn[D]],
+        approvals: Mapping[str, ApprovalFn[D]] | None = None,
     ) -> None:
-        missing = machine.states - machine.terminal - set(steps)
+        approvals = dict(approvals or {})
+        working = machine.states - machine.terminal - set(machine.gates)
+        missing = working - set(steps)
         if missing:
             raise ValueError(f"{machine.name}: no step function for states {sorted(missing)}")
-        extra = set(steps) - machine.states
+        extra = set(steps) - working
         if extra:
-            raise ValueError(f"{machine.name}: step functions for undeclared states {sorted(extra)}")
+            raise ValueError(f"{machine.name}: step functions for undeclared or gate states {sorted(extra)}")
+        if set(approvals) != set(machine.gates):
+            raise ValueError(
+                f"{machine.name}: gates {sorted(machine.gates)} need exactly one approval function each"
+            )
         self.machine = machine
         self.data_type = data_type
         self.steps = dict(steps)
+        self.approvals = approvals
         self.record_type: type[TaskRecord[D]] = TaskRecord[data_type]  # type: ignore[valid-type]
 
     async def load(self, ctx: ObjectContext | ObjectSharedContext) -> TaskRecord[D] | None:
@@ -275,23 +340,54 @@ class AgentEngine(Generic[D]):
         """Run step after step until a terminal state, persisting the record at every transition."""
         while not self.machine.is_terminal(record.state):
             step = StepContext(ctx, record)
-            decision = await self._run_step(step)
+            decision, record = await self._run_step(ctx, record, step)
             record = await self._apply(ctx, record, step, decision)
         return record
 
-    async def _run_step(self, step: StepContext[D]) -> Next:
+    async def _run_step(
+        self, ctx: ObjectContext, record: TaskRecord[D], step: StepContext[D]
+    ) -> tuple[Next, TaskRecord[D]]:
         try:
-            return await self.steps[step.state](step)
+            if self.machine.is_gate(step.state):
+                return await self._run_gate(ctx, record, step)
+            return await self.steps[step.state](step), record
         except TerminalError as exc:
             # A permanent failure of this step (exhausted retries, a refused tool call, a model error).
             # Only TerminalError is caught: Restate's suspension signals are BaseExceptions and pass.
             if not self.machine.can_fail(step.state):
                 raise
             assert self.machine.failure is not None
-            return Next(
+            failed = Next(
                 target=self.machine.failure,
                 error=TaskError(state=step.state, code="step_failed", message=exc.message),
             )
+            return failed, record
+
+    async def _run_gate(
+        self, ctx: ObjectContext, record: TaskRecord[D], step: StepContext[D]
+    ) -> tuple[Next, TaskRecord[D]]:
+        """Suspend at an approval gate until a decision or the deadline; take the declared outcome."""
+        current = record
+
+        def persist(pending: PendingApproval | None) -> None:
+            nonlocal current
+            current = current.model_copy(update={"pending_approval": pending})
+            ctx.set(TASK_KEY, current)
+
+        request = self.approvals[step.state](step)
+        outcome, approval = await await_gate(step, request, persist)
+        current = current.model_copy(update={"approvals": [*current.approvals, approval]})
+        target = self.machine.gates[step.state].outcomes()[outcome]
+        if outcome == "approve":
+            return Next(target=target, note=f"approved by {approval.approver}"), current
+        if outcome == "reject":
+            why = f"rejected by {approval.approver}" + (f": {approval.comment}" if approval.comment else "")
+            error = TaskError(state=step.state, code="approval_rejected", message=why)
+            return Next(target=target, note=f"rejected by {approval.approver}", error=error), current
+        error = TaskError(
+            state=step.state, code="approval_timed_out", message="no decision before the deadline"
+        )
+        return Next(target=target, note="approval timed out", error=error), current
 
     async def _apply(
         self, ctx: ObjectContext, record: TaskRecord[D], step: StepContext[D], decision: Next

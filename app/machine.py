@@ -31,6 +31,21 @@ class IllegalTransition(ValueError):
 
 
 @dataclass(frozen=True)
+class Gate:
+    """An approval gate: the task suspends in this state until a human decides or time runs out.
+
+    Each outcome names the state it leads to; all three must be declared transitions of the gate.
+    """
+
+    approve: str
+    reject: str
+    timeout: str
+
+    def outcomes(self) -> dict[str, str]:
+        return {"approve": self.approve, "reject": self.reject, "timeout": self.timeout}
+
+
+@dataclass(frozen=True)
 class Machine:
     """An explicit state machine: its states, the transitions it allows, where it starts and ends.
 
@@ -44,6 +59,7 @@ class Machine:
     terminal: frozenset[str]
     failure: str | None = None
     descriptions: Mapping[str, str] = field(default_factory=dict)
+    gates: Mapping[str, Gate] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         states = self.states
@@ -65,6 +81,17 @@ class Machine:
         for state in states - self.terminal:
             if not self.transitions[state]:
                 raise MachineDeclarationError(f"{self.name}: {state} is a dead end but not terminal")
+        for state, gate in self.gates.items():
+            if state not in states or state in self.terminal:
+                raise MachineDeclarationError(
+                    f"{self.name}: gate {state} must be a declared, non-terminal state"
+                )
+            for outcome, target in gate.outcomes().items():
+                if target not in self.transitions[state]:
+                    raise MachineDeclarationError(
+                        f"{self.name}: gate {state}'s {outcome} outcome leads to {target}, "
+                        "which is not a declared transition"
+                    )
         unreachable = states - self._reachable()
         if unreachable:
             raise MachineDeclarationError(f"{self.name}: states {sorted(unreachable)} are unreachable")
@@ -79,6 +106,7 @@ class Machine:
         terminal: Iterable[str],
         failure: str | None = None,
         descriptions: Mapping[str, str] | None = None,
+        gates: Mapping[str, Gate] | None = None,
     ) -> Machine:
         """Build a machine from plain lists; terminal states need not be listed as sources."""
         terminal_set = frozenset(terminal)
@@ -92,6 +120,7 @@ class Machine:
             terminal=terminal_set,
             failure=failure,
             descriptions=dict(descriptions or {}),
+            gates=dict(gates or {}),
         )
 
     @property
@@ -105,6 +134,9 @@ class Machine:
 
     def is_terminal(self, state: str) -> bool:
         return state in self.terminal
+
+    def is_gate(self, state: str) -> bool:
+        return state in self.gates
 
     def can_fail(self, state: str) -> bool:
         return self.failure is not None and self.failure in self.transitions.get(state, frozenset())
@@ -146,10 +178,15 @@ def to_mermaid(machine: Machine) -> str:
     """A Mermaid `stateDiagram-v2` generated from the declaration (never drawn by hand)."""
     lines = ["stateDiagram-v2", f"    [*] --> {machine.initial}"]
     for source in machine.ordered_states():
+        gate = machine.gates.get(source)
         for target in sorted(machine.transitions[source], key=machine._terminal_last):
-            lines.append(f"    {source} --> {target}")
+            labels = [name for name, goes_to in gate.outcomes().items() if goes_to == target] if gate else []
+            label = f" : {' / '.join(labels)}" if labels else ""
+            lines.append(f"    {source} --> {target}{label}")
     for state in sorted(machine.terminal):
         lines.append(f"    {state} --> [*]")
     for state, text in machine.descriptions.items():
         lines.append(f"    {state} : {state} ({text})")
+    for state in sorted(machine.gates):
+        lines.append(f"    note right of {state} : approval gate (human decision or timeout)")
     return "\n".join(lines) + "\n"

@@ -7,9 +7,10 @@ from typing import Any
 import restate
 
 from app.agents.agent_task import AGENT_TASK, agent_task
+from app.approvals.gate import approval_gate
 from app.machine import Machine
 
-SERVICES = [agent_task]
+SERVICES = [agent_task, approval_gate]
 MACHINES: dict[str, Machine] = {AGENT_TASK.name: AGENT_TASK}
 
 

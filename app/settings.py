@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = f"sqlite:///{Path('var/agents.db').resolve()}"
@@ -44,10 +44,24 @@ class Settings(BaseSettings):
     approval_webhook_secret: SecretStr = Field(SecretStr(DEV_WEBHOOK_SECRET), alias="APPROVAL_WEBHOOK_SECRET")
     operator_token: SecretStr = Field(SecretStr(DEV_OPERATOR_TOKEN), alias="OPERATOR_TOKEN")
 
-    # Restate invocation options. The inactivity timeout must outlast the slowest LLM call;
-    # 0 defers to the server's own setting (the always-replay test mode sets 0s on the server).
-    inactivity_timeout_seconds: float = Field(300.0, alias="AGENT_INACTIVITY_TIMEOUT_SECONDS", ge=0)
+    # Restate invocation options. After this long without progress (a task waiting at a gate, or a
+    # slow step) Restate asks the handler to suspend: a waiting task then costs no worker memory. A
+    # step in flight is not cut short: it may finish within the abort timeout, which therefore
+    # outlasts the slowest LLM call. 0 defers to the server's own setting (always-replay tests: 0s).
+    inactivity_timeout_seconds: float = Field(60.0, alias="AGENT_INACTIVITY_TIMEOUT_SECONDS", ge=0)
     journal_retention_days: float = Field(7.0, alias="AGENT_JOURNAL_RETENTION_DAYS", gt=0)
+
+    # Approval gates. A reminder goes out this long before the deadline (0 or >= the timeout: none),
+    # to the approvers and, when set, an escalation approver who may then decide too.
+    approval_timeout_seconds: float = Field(86_400.0, alias="APPROVAL_TIMEOUT_SECONDS", gt=0)
+    approval_reminder_before_seconds: float = Field(3_600.0, alias="APPROVAL_REMINDER_BEFORE_SECONDS", ge=0)
+    approvers_csv: str = Field("ops-lead", alias="APPROVERS", min_length=1)
+    approval_escalation_approver: str | None = Field("ops-manager", alias="APPROVAL_ESCALATION_APPROVER")
+
+    @field_validator("approval_escalation_approver")
+    @classmethod
+    def _none_disables_escalation(cls, value: str | None) -> str | None:
+        return None if value is None or value.strip().lower() in ("", "none", "-") else value.strip()
 
     @model_validator(mode="after")
     def _refuse_development_secrets_in_production(self) -> Settings:
@@ -57,6 +71,11 @@ class Settings(BaseSettings):
             if self.operator_token.get_secret_value() == DEV_OPERATOR_TOKEN:
                 raise ValueError("OPERATOR_TOKEN must be set when ENV=production")
         return self
+
+    @property
+    def approvers(self) -> list[str]:
+        names = [name.strip() for name in self.approvers_csv.split(",") if name.strip()]
+        return list(dict.fromkeys(names))
 
     @property
     def uses_offline_model(self) -> bool:

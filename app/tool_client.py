@@ -42,6 +42,9 @@ class ToolCatalog(BaseModel):
     def names(self) -> set[str]:
         return {tool.name for tool in self.tools}
 
+    def without(self, names: frozenset[str]) -> ToolCatalog:
+        return ToolCatalog(tools=[tool for tool in self.tools if tool.name not in names])
+
     def get(self, name: str) -> ToolSpec | None:
         return next((tool for tool in self.tools if tool.name == name), None)
 

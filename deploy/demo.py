@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from app.settings import DEV_WEBHOOK_SECRET
 from deploy.local import ROOT, Stack, StackError, running_stack
 
 DEMO_DIR = ROOT / "var/demo"
@@ -45,6 +46,26 @@ def run_demo(stack: Stack) -> int:
     say(f"  {DEMO_TASK}")
     invocation_id = stack.send("AgentTask", task_id, "run", DEMO_TASK, idempotency_key=f"demo-{task_id}")
     started = time.monotonic()
+
+    parked = stack.wait_for_state("AgentTask", task_id, {"WAIT_APPROVAL", "COMPLETE", "FAILED"}, timeout=60)
+    pending = parked.get("pending_approval")
+    if pending:
+        say("\nThe plan has side effects, so the task suspended at WAIT_APPROVAL (no worker memory held):")
+        say(f"  {pending['summary']}")
+        say(f"  approvers {pending['approvers']}, deadline {pending['deadline']}")
+        say(f"  approval_hash {pending['approval_hash']}")
+        decision = {
+            "agent": "AgentTask",
+            "task_id": task_id,
+            "decision": "approve",
+            "approver": pending["approvers"][0],
+            "comment": "approved in the demo",
+            "approval_hash": pending["approval_hash"],
+        }
+        answer = stack.signed_webhook(decision, DEV_WEBHOOK_SECRET)
+        say(f"Approving through the signed webhook POST {stack.approvals_url}/webhooks/approval:")
+        say(f"  {answer.status_code} {answer.json().get('status', answer.text)}")
+
     result = httpx.get(f"{stack.ingress_url}/restate/attach/{invocation_id}", timeout=120)
     elapsed = time.monotonic() - started
     if result.status_code != 200:
@@ -52,6 +73,11 @@ def run_demo(stack: Stack) -> int:
         return 1
     view = result.json()
     say(f"\nTask {task_id} ended in {view['state']} after {elapsed:.2f}s (model: {view['model']}).")
+    for approval in view["approvals"]:
+        say(
+            f"Approval: {approval['outcome']} by {approval['approver']} at {approval['decided_at']}"
+            f" ({approval['comment']!r})"
+        )
     say("\nState timeline (from the task's own history in Restate state):")
     say(timeline(view))
     if view["error"]:

@@ -172,6 +172,10 @@ class Stack:
         return f"http://127.0.0.1:{self.admin_port}"
 
     @property
+    def approvals_url(self) -> str:
+        return f"http://127.0.0.1:{self.approvals_port}"
+
+    @property
     def tools_url(self) -> str:
         return f"http://127.0.0.1:{self.tools_port}"
 
@@ -256,7 +260,7 @@ class Stack:
             argv=[sys.executable, "-m", "app"],
             env=self.service_env(),
             log_path=self.workdir / "logs/app.log",
-            ready=lambda: _port_open(self.app_port),
+            ready=lambda: _port_open(self.app_port) and _http_ok(f"{self.approvals_url}/health"),
         )
         self.app.start()
 
@@ -343,6 +347,34 @@ class Stack:
         except TimeoutError as exc:
             raise TimeoutError(f"{exc}; last view: {seen}") from None
         return seen
+
+    def decide(
+        self,
+        agent: str,
+        key: str,
+        decision: str = "approve",
+        approver: str = "ops-lead",
+        comment: str | None = None,
+        approval_hash: str | None = None,
+    ) -> httpx.Response:
+        """Decide the task's pending approval through its `decide` handler (hash read from status)."""
+        if approval_hash is None:
+            pending = self.status(agent, key).get("pending_approval") or {}
+            approval_hash = pending.get("approval_hash", "0" * 64)
+        body = {"decision": decision, "approver": approver, "comment": comment}
+        return self.call(agent, key, "decide", {**body, "approval_hash": approval_hash}, timeout=30.0)
+
+    def signed_webhook(self, payload: Mapping[str, Any] | bytes, secret: str) -> httpx.Response:
+        """POST a decision to the approvals webhook, signed as a real sender would sign it."""
+        from app.approvals.signature import HEADER, sign
+
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        return httpx.post(
+            f"{self.approvals_url}/webhooks/approval",
+            content=body,
+            headers={"content-type": "application/json", HEADER: sign(secret, body)},
+            timeout=30.0,
+        )
 
     def _ingress_post(
         self, path: str, body: Any, *, headers: Mapping[str, str] | None = None, timeout: float = 30.0

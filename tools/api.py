@@ -12,10 +12,11 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import anyio.to_thread
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
@@ -24,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tools.approvals import ApprovalTicketQuery, get_approval_ticket, list_approval_tickets
 from tools.db import create_schema, make_engine, make_session_factory, utc_now
 from tools.definition import Tool, ToolCall, ToolError
 from tools.errors import ApiError, error_body
@@ -38,7 +40,7 @@ from tools.idempotency import (
     StoredResponse,
     request_hash,
 )
-from tools.notifications import list_notifications
+from tools.notifications import NotificationQuery, list_notifications
 from tools.registry import ToolRegistry, default_registry
 from tools.settings import ToolsSettings, get_tools_settings
 from tools.tickets import list_tickets
@@ -49,6 +51,8 @@ logger = logging.getLogger(__name__)
 IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 JSON_MEDIA_TYPE = "application/json"
+
+QueryT = TypeVar("QueryT", bound=BaseModel)
 
 
 def render_json(content: Any) -> str:
@@ -189,17 +193,47 @@ def _json_kind(value: Any) -> str:
     return "number"
 
 
+def _field_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    return [{"loc": list(error["loc"]), "msg": error["msg"], "type": error["type"]} for error in exc.errors()]
+
+
 def validate_args(tool: Tool[Any, Any], payload: dict[str, Any]) -> Any:
     try:
         return tool.args_model.model_validate(payload)
     except ValidationError as exc:
-        errors = [
-            {"loc": list(error["loc"]), "msg": error["msg"], "type": error["type"]} for error in exc.errors()
-        ]
+        errors = _field_errors(exc)
         raise ApiError(
             422,
             "validation_error",
             f"The arguments of {tool.name!r} are invalid ({len(errors)} error(s)); see details.",
+            errors,
+        ) from None
+
+
+def parse_query(request: Request, model: type[QueryT]) -> QueryT:
+    """The query string as `model`; a filter that cannot match anything (an unknown status, a
+    misspelt parameter, one given twice) is refused with 422 rather than quietly ignored."""
+    items = request.query_params.multi_items()
+    names = [name for name, _ in items]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ApiError(
+            422,
+            "validation_error",
+            f"Give each query parameter at most once; repeated: {', '.join(repeated)}.",
+            [
+                {"loc": ["query", name], "msg": "Repeated query parameter", "type": "repeated"}
+                for name in repeated
+            ],
+        )
+    try:
+        return model.model_validate(dict(items))
+    except ValidationError as exc:
+        errors = [{**error, "loc": ["query", *error["loc"]]} for error in _field_errors(exc)]
+        raise ApiError(
+            422,
+            "validation_error",
+            f"The query parameters are invalid ({len(errors)} error(s)); see details.",
             errors,
         ) from None
 
@@ -341,8 +375,31 @@ class _ToolService:
         return json_response({"tickets": [ticket.model_dump(mode="json") for ticket in tickets]})
 
     async def get_notifications(self, request: Request) -> Response:
-        rows = await anyio.to_thread.run_sync(self._read, list_notifications)
+        query = parse_query(request, NotificationQuery)
+        rows = await anyio.to_thread.run_sync(
+            self._read, partial(list_notifications, kind=query.kind, reference=query.reference)
+        )
         return json_response({"notifications": [row.model_dump(mode="json") for row in rows]})
+
+    async def get_approval_tickets(self, request: Request) -> Response:
+        query = parse_query(request, ApprovalTicketQuery)
+        tickets = await anyio.to_thread.run_sync(
+            self._read,
+            partial(list_approval_tickets, agent=query.agent, task_id=query.task_id, status=query.status),
+        )
+        return json_response({"approval_tickets": [ticket.model_dump(mode="json") for ticket in tickets]})
+
+    async def get_approval_ticket_by_id(self, request: Request) -> Response:
+        ticket_id = request.path_params["ticket_id"]
+        ticket = await anyio.to_thread.run_sync(self._read, partial(get_approval_ticket, ticket_id=ticket_id))
+        if ticket is None:
+            raise ApiError(
+                404,
+                "unknown_approval_ticket",
+                f"There is no approval ticket with id {ticket_id!r}.",
+                {"approval_ticket_id": ticket_id},
+            )
+        return json_response(ticket.model_dump(mode="json"))
 
     def _read(self, query: Callable[[Session], Any]) -> Any:
         with self.sessions.begin() as session:
@@ -398,6 +455,8 @@ def create_app(
             Route("/idempotency/{key:path}", service.get_idempotency_record, methods=["GET"]),
             Route("/tickets", service.get_tickets, methods=["GET"]),
             Route("/notifications", service.get_notifications, methods=["GET"]),
+            Route("/approval-tickets", service.get_approval_tickets, methods=["GET"]),
+            Route("/approval-tickets/{ticket_id}", service.get_approval_ticket_by_id, methods=["GET"]),
         ],
         exception_handlers={
             ApiError: _api_error,

@@ -1,40 +1,64 @@
-"""Notifications: `send_notification` writes to a transactional outbox; it never sends itself.
+"""Notifications: the transactional outbox, and `send_notification`, which writes to it.
 
 Sending from inside the request would make the email and the database disagree after a crash
 (sent but not recorded, or recorded but not sent). The outbox row commits together with the
 Idempotency-Key, and a separate dispatcher delivers queued rows at least once.
+
+Other tools queue rows here too (approval requests, reminders and closings, with the approval
+ticket as `reference`), through `queue_messages`, so every row has the same guarantees.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import Field
-from sqlalchemy import String, Text, select
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Connection, Index, String, Text, UniqueConstraint, inspect, select, text
 from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.schema import AddConstraint, CreateIndex
 
 from tools.db import Base, UTCDateTime
 from tools.definition import Tool, ToolArgs, ToolCall, ToolResult
 
+NotificationKind = Literal["notification", "approval_request", "approval_reminder", "approval_closed"]
+SUBJECT_MAX_LENGTH = 200
+RECIPIENT_MAX_LENGTH = 320
+REFERENCE_MAX_LENGTH = 64
+LIST_LIMIT = 100
+
 
 class OutboxNotification(Base):
     __tablename__ = "notification_outbox"
+    __table_args__ = (
+        # The second guard behind the idempotency store: one row per key and recipient, so a
+        # re-execution of a call cannot queue the same message twice. Per recipient rather than
+        # per key, because one call may notify several people (every approver of a ticket).
+        UniqueConstraint("idempotency_key", "recipient", name="uq_notification_outbox_key_recipient"),
+        Index("ix_notification_outbox_reference", "reference"),
+    )
 
-    # "NTF-" + 12 hex of sha256(Idempotency-Key): a re-execution produces the same id.
+    # "NTF-" + 12 hex of sha256(Idempotency-Key), plus "-{index}" when one call queues several
+    # rows: a re-execution produces the same ids.
     notification_id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    # The second guard behind the idempotency store: one notification per key.
-    idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
-    recipient: Mapped[str] = mapped_column(String(320))
-    subject: Mapped[str] = mapped_column(String(200))
+    idempotency_key: Mapped[str] = mapped_column(String(255))
+    recipient: Mapped[str] = mapped_column(String(RECIPIENT_MAX_LENGTH))
+    subject: Mapped[str] = mapped_column(String(SUBJECT_MAX_LENGTH))
     body: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # What the message is about, so a dispatcher can pick a template and an approver's inbox can
+    # group the messages of one approval ticket (`reference`; NULL for plain notifications).
+    # The server default covers rows written before the column existed.
+    kind: Mapped[str] = mapped_column(String(32), default="notification", server_default="notification")
+    reference: Mapped[str | None] = mapped_column(String(REFERENCE_MAX_LENGTH))
 
 
 class SendNotificationArgs(ToolArgs):
-    recipient: str = Field(min_length=1, max_length=320)
-    subject: str = Field(min_length=1, max_length=200)
+    recipient: str = Field(min_length=1, max_length=RECIPIENT_MAX_LENGTH)
+    subject: str = Field(min_length=1, max_length=SUBJECT_MAX_LENGTH)
     body: str = Field(max_length=5000)
 
 
@@ -48,6 +72,8 @@ class NotificationView(ToolResult):
 
     notification_id: str
     idempotency_key: str
+    kind: NotificationKind
+    reference: str | None
     recipient: str
     subject: str
     body: str
@@ -55,10 +81,65 @@ class NotificationView(ToolResult):
     created_at: datetime
 
 
+class NotificationQuery(BaseModel):
+    """The filters of `GET /notifications`; an unknown parameter is refused, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: NotificationKind | None = None
+    reference: str | None = Field(None, min_length=1, max_length=REFERENCE_MAX_LENGTH)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One message for the outbox; tools that notify several people build one per recipient."""
+
+    recipient: str
+    subject: str
+    body: str
+
+
+def fit_subject(subject: str) -> str:
+    """A subject built from caller data (agent, task id) cut to what the column holds."""
+    if len(subject) <= SUBJECT_MAX_LENGTH:
+        return subject
+    return subject[: SUBJECT_MAX_LENGTH - 1] + "…"
+
+
+def queue_messages(
+    call: ToolCall, kind: NotificationKind, reference: str | None, messages: Sequence[Message]
+) -> list[str]:
+    """Queue one outbox row per message, in the call's transaction; returns their ids.
+
+    The ids are derived from the Idempotency-Key and the message's position, which the request
+    fixes (the recipients come from its body or from a row it names), so a re-execution writes the
+    same ids. The recipients must be distinct: the outbox refuses two rows per key and recipient.
+    """
+    prefix = call.derived_id("NTF")
+    rows = [
+        OutboxNotification(
+            notification_id=f"{prefix}-{index}",
+            idempotency_key=call.idempotency_key,
+            kind=kind,
+            reference=reference,
+            recipient=message.recipient,
+            subject=message.subject,
+            body=message.body,
+            status="queued",
+            created_at=call.now,
+        )
+        for index, message in enumerate(messages)
+    ]
+    call.session.add_all(rows)
+    return [row.notification_id for row in rows]
+
+
 def send_notification(call: ToolCall, args: SendNotificationArgs) -> NotificationQueued:
     notification = OutboxNotification(
         notification_id=call.derived_id("NTF"),
         idempotency_key=call.idempotency_key,
+        kind="notification",
+        reference=None,
         recipient=args.recipient,
         subject=args.subject,
         body=args.body,
@@ -69,14 +150,73 @@ def send_notification(call: ToolCall, args: SendNotificationArgs) -> Notificatio
     return NotificationQueued(notification_id=notification.notification_id, status="queued")
 
 
-def list_notifications(session: Session, limit: int = 100) -> list[NotificationView]:
-    """The newest outbox rows first (inspection for operators and tests)."""
+def list_notifications(
+    session: Session,
+    *,
+    kind: NotificationKind | None = None,
+    reference: str | None = None,
+    limit: int = LIST_LIMIT,
+) -> list[NotificationView]:
+    """The newest outbox rows first, optionally of one kind or reference (inspection)."""
+    statement = select(OutboxNotification)
+    if kind is not None:
+        statement = statement.where(OutboxNotification.kind == kind)
+    if reference is not None:
+        statement = statement.where(OutboxNotification.reference == reference)
     rows = session.scalars(
-        select(OutboxNotification)
-        .order_by(OutboxNotification.created_at.desc(), OutboxNotification.notification_id)
-        .limit(limit)
+        statement.order_by(OutboxNotification.created_at.desc(), OutboxNotification.notification_id).limit(
+            limit
+        )
     )
     return [NotificationView.model_validate(row, from_attributes=True) for row in rows]
+
+
+# --- upgrading an outbox created by an earlier version ----------------------------------------
+
+
+def upgrade_outbox_table(connection: Connection) -> None:
+    """Bring a `notification_outbox` created before `kind` and `reference` to the current shape.
+
+    `create_all` never alters an existing table, and the old table has a unique constraint on
+    `idempotency_key` alone, which would refuse every call that notifies several people. Runs in
+    the caller's transaction, before `create_all`; a table that has `kind` is already current.
+    """
+    table = Base.metadata.tables[OutboxNotification.__tablename__]
+    inspector = inspect(connection)
+    if not inspector.has_table(table.name):
+        return
+    if "kind" in {column["name"] for column in inspector.get_columns(table.name)}:
+        return
+    legacy_columns = "notification_id, idempotency_key, recipient, subject, body, status, created_at"
+    if connection.dialect.name == "sqlite":
+        # SQLite cannot drop a constraint: rebuild the table and copy the rows across.
+        connection.execute(text("ALTER TABLE notification_outbox RENAME TO notification_outbox_legacy"))
+        table.create(connection)
+        connection.execute(
+            text(
+                f"INSERT INTO notification_outbox ({legacy_columns}, kind) "
+                f"SELECT {legacy_columns}, 'notification' FROM notification_outbox_legacy"
+            )
+        )
+        connection.execute(text("DROP TABLE notification_outbox_legacy"))
+        return
+    connection.execute(
+        text(
+            "ALTER TABLE notification_outbox "
+            "ADD COLUMN kind VARCHAR(32) NOT NULL DEFAULT 'notification', "
+            f"ADD COLUMN reference VARCHAR({REFERENCE_MAX_LENGTH})"
+        )
+    )
+    for constraint in inspector.get_unique_constraints(table.name):
+        if constraint["column_names"] == ["idempotency_key"] and constraint["name"]:
+            connection.execute(
+                text(f'ALTER TABLE notification_outbox DROP CONSTRAINT "{constraint["name"]}"')
+            )
+    for unique in table.constraints:
+        if isinstance(unique, UniqueConstraint):
+            connection.execute(AddConstraint(unique))
+    for index in table.indexes:
+        connection.execute(CreateIndex(index))
 
 
 TOOLS: tuple[Tool[Any, Any], ...] = (

@@ -1,8 +1,10 @@
 """`AgentTask`: the generic agent of the article as a declared machine in a Restate virtual object.
 
-INITIAL -> FETCH_CONTEXT -> ANALYZE -> PLAN -> EXECUTE -> VERIFY -> COMPLETE | FAILED, one task per
-object key. Each state's LLM call or tool call is one journaled step with a stable name, so a
-crashed worker resumes at the exact step and never repeats a finished call.
+INITIAL -> FETCH_CONTEXT -> ANALYZE -> PLAN -> [WAIT_APPROVAL] -> EXECUTE -> VERIFY -> COMPLETE |
+FAILED, one task per object key. A plan that calls any tool with side effects stops at the
+WAIT_APPROVAL gate until a human approves exactly that plan; a read-only plan goes straight on.
+Each state's LLM call or tool call is one journaled step with a stable name, so a crashed worker
+resumes at the exact step and never repeats a finished call.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from restate import ObjectContext, ObjectSharedContext, TerminalError, VirtualObject
 from restate.serde import BytesSerde
 
+from app.approvals.gate import decide_at_gate
+from app.approvals.models import ApprovalRequest, DecideInput, GateReply
+from app.approvals.waiting import GATE_TOOLS
 from app.engine import READ_RUN_OPTIONS, AgentEngine, Next, StepContext, TaskError, TaskView, parse_input
 from app.engine import invocation_retry_policy as _invocation_retry_policy
 from app.llm import build_model
@@ -28,7 +33,7 @@ from app.llm.port import (
     Verification,
     VerifyInput,
 )
-from app.machine import Machine
+from app.machine import Gate, Machine
 from app.settings import get_settings
 from app.tool_client import ToolCatalog, fetch_catalog
 
@@ -39,12 +44,14 @@ AGENT_TASK = Machine.declare(
         "INITIAL": ["FETCH_CONTEXT", "FAILED"],
         "FETCH_CONTEXT": ["ANALYZE", "FAILED"],
         "ANALYZE": ["PLAN", "FAILED"],
-        "PLAN": ["EXECUTE", "FAILED"],
+        "PLAN": ["WAIT_APPROVAL", "EXECUTE", "FAILED"],
+        "WAIT_APPROVAL": ["EXECUTE", "FAILED"],
         "EXECUTE": ["VERIFY", "FAILED"],
         "VERIFY": ["COMPLETE", "FAILED"],
     },
     terminal=["COMPLETE", "FAILED"],
     failure="FAILED",
+    gates={"WAIT_APPROVAL": Gate(approve="EXECUTE", reject="FAILED", timeout="FAILED")},
     descriptions={
         "FETCH_CONTEXT": "tool: user history",
         "ANALYZE": "LLM",
@@ -72,6 +79,7 @@ class AgentTaskData(BaseModel):
     context: UserContext | None = None
     analysis: Analysis | None = None
     plan: Plan | None = None
+    side_effect_tools: list[str] = Field(default_factory=list)
     executed: list[ExecutedCall] = Field(default_factory=list)
     verification: Verification | None = None
 
@@ -100,7 +108,9 @@ async def analyze(step: StepContext[AgentTaskData]) -> Next:
 
 async def plan(step: StepContext[AgentTaskData]) -> Next:
     assert step.data.context is not None and step.data.analysis is not None
-    catalog = await step.run("tool catalog", fetch_catalog, ToolCatalog, options=READ_RUN_OPTIONS)
+    catalog = (await step.run("tool catalog", fetch_catalog, ToolCatalog, options=READ_RUN_OPTIONS)).without(
+        GATE_TOOLS
+    )
     request = PlanInput(
         task=step.data.task, context=step.data.context, analysis=step.data.analysis, tools=catalog.tools
     )
@@ -109,7 +119,31 @@ async def plan(step: StepContext[AgentTaskData]) -> Next:
     if unknown:
         raise TerminalError(f"the plan names tools the tool service does not offer: {unknown}")
     step.data.plan = planned
-    return Next(target="EXECUTE", note=f"{len(planned.steps)} tool calls")
+    # The catalog says which tools act on the world; only those need a human's approval.
+    step.data.side_effect_tools = sorted(
+        {call.tool for call in planned.steps if (spec := catalog.get(call.tool)) and spec.side_effects}
+    )
+    if step.data.side_effect_tools:
+        return Next(target="WAIT_APPROVAL", note=f"{len(planned.steps)} tool calls, approval needed")
+    return Next(target="EXECUTE", note=f"{len(planned.steps)} tool calls, read-only")
+
+
+def approval_of_plan(step: StepContext[AgentTaskData]) -> ApprovalRequest:
+    """What the approver sees and approves: exactly the planned calls, arguments included."""
+    assert step.data.plan is not None
+    calls = ", ".join(call.tool for call in step.data.plan.steps)
+    return ApprovalRequest(
+        summary=(
+            f"{step.data.user_id} asked: {step.data.task[:200]}. "
+            f"Plan: {len(step.data.plan.steps)} tool call(s): {calls}; "
+            f"with side effects: {', '.join(step.data.side_effect_tools)}."
+        ),
+        details={
+            "user_id": step.data.user_id,
+            "task": step.data.task,
+            "plan": step.data.plan.model_dump(mode="json"),
+        },
+    )
 
 
 async def execute(step: StepContext[AgentTaskData]) -> Next:
@@ -155,6 +189,7 @@ ENGINE = AgentEngine(
         "EXECUTE": execute,
         "VERIFY": verify,
     },
+    approvals={"WAIT_APPROVAL": approval_of_plan},
 )
 
 
@@ -167,7 +202,8 @@ def _inactivity_timeout() -> timedelta | None:
 agent_task = VirtualObject(
     "AgentTask",
     description="The generic agent: fetch context, analyze, plan, execute idempotent tools, verify.",
-    # Must outlast the slowest LLM call, or Restate would cut a healthy step short.
+    # Suspend idle invocations soon (a task parked at a gate holds no worker memory), but give a
+    # step in flight until the abort timeout, longer than the slowest LLM call, to finish.
     inactivity_timeout=_inactivity_timeout(),
     abort_timeout=timedelta(seconds=get_settings().llm_timeout_seconds + 60),
     # Restate keeps a journal no longer than the invocation's result, so both get the same retention.
@@ -189,3 +225,9 @@ async def run(ctx: ObjectContext, raw: bytes) -> TaskView:
 async def status(ctx: ObjectSharedContext) -> TaskView:
     """Where the task is now, its history and how it ended; works while `run` is busy."""
     return await ENGINE.status(ctx)
+
+
+@agent_task.handler(kind="shared", input_serde=BytesSerde())
+async def decide(ctx: ObjectSharedContext, raw: bytes) -> GateReply:
+    """Approve or reject the plan this task is waiting on; 409 if it is not waiting or the hash is stale."""
+    return await decide_at_gate(ctx, AGENT_TASK.name, parse_input(raw, DecideInput))

@@ -11,6 +11,7 @@ always reported and planned in this order:
 | `open_ticket` | ticket(s), bug(s), broken, issue(s), incident, outage     | `create_ticket`    |
 | `notify`      | notify, notification, email, tell, remind, reminder, alert | `send_notification`|
 | `record_note` | note(s), remember                                        | `add_user_note`    |
+| `review_history` | history, summarize, summarise, recap                | `lookup_user_history` |
 
 No match is the intent `unknown`. Several matches are joined with `+` (`open_ticket+notify`).
 
@@ -46,6 +47,7 @@ __all__ = ["OfflineModel", "detect_intents"]
 OPEN_TICKET = "open_ticket"
 NOTIFY = "notify"
 RECORD_NOTE = "record_note"
+REVIEW_HISTORY = "review_history"
 UNKNOWN = "unknown"
 
 # Checked in this order; the order is also the order of the planned steps.
@@ -56,20 +58,28 @@ _INTENT_WORDS: tuple[tuple[str, frozenset[str]], ...] = (
     ),
     (NOTIFY, frozenset({"notify", "notification", "email", "tell", "remind", "reminder", "alert"})),
     (RECORD_NOTE, frozenset({"note", "notes", "remember"})),
+    (REVIEW_HISTORY, frozenset({"history", "summarize", "summarise", "recap"})),
 )
 
-_INTENT_TOOL = {OPEN_TICKET: "create_ticket", NOTIFY: "send_notification", RECORD_NOTE: "add_user_note"}
+_INTENT_TOOL = {
+    OPEN_TICKET: "create_ticket",
+    NOTIFY: "send_notification",
+    RECORD_NOTE: "add_user_note",
+    REVIEW_HISTORY: "lookup_user_history",
+}
 
 _INTENT_SUMMARY = {
     OPEN_TICKET: "open a support ticket",
     NOTIFY: "send the user a notification",
     RECORD_NOTE: "record a note on the user's profile",
+    REVIEW_HISTORY: "review the user's history",
 }
 
 _INTENT_RISK = {
     OPEN_TICKET: "Creates a ticket in the tracker (side effect).",
     NOTIFY: "Sends a notification to the user (side effect).",
     RECORD_NOTE: "Writes a note to the user's record (side effect).",
+    REVIEW_HISTORY: "Reads the user's history (no side effect).",
 }
 
 _HIGH_PRIORITY_WORDS = ("urgent", "asap", "outage")
@@ -154,6 +164,14 @@ class OfflineModel:
                 steps.append(self._notification_step(request, ticket_planned=bool(steps)))
             elif intent == RECORD_NOTE:
                 steps.append(self._note_step(request))
+            elif intent == REVIEW_HISTORY:
+                steps.append(
+                    PlannedCall(
+                        tool="lookup_user_history",
+                        args={"user_id": request.context.user_id},
+                        reason="The task asks about the user's history.",
+                    )
+                )
         return Plan(steps=steps)
 
     @staticmethod

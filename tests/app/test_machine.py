@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from app.agents.agent_task import AGENT_TASK
-from app.machine import IllegalTransition, Machine, MachineDeclarationError, to_mermaid, transition
+from app.machine import Gate, IllegalTransition, Machine, MachineDeclarationError, to_mermaid, transition
 
-HAPPY_PATH = ["INITIAL", "FETCH_CONTEXT", "ANALYZE", "PLAN", "EXECUTE", "VERIFY", "COMPLETE"]
+HAPPY_PATH = ["INITIAL", "FETCH_CONTEXT", "ANALYZE", "PLAN", "WAIT_APPROVAL", "EXECUTE", "VERIFY", "COMPLETE"]
 
 
 def test_agent_task_happy_path_is_declared() -> None:
@@ -81,13 +81,58 @@ def test_mermaid_lists_every_declared_transition_and_nothing_else() -> None:
     assert diagram.startswith("stateDiagram-v2\n")
     assert "    [*] --> INITIAL" in diagram
     edges = {
-        tuple(line.strip().split(" --> "))
+        tuple(line.strip().split(" : ")[0].split(" --> "))
         for line in diagram.splitlines()
         if " --> " in line and "[*]" not in line
     }
     declared = {(source, target) for source, targets in AGENT_TASK.transitions.items() for target in targets}
     assert edges == declared
     assert "    COMPLETE --> [*]" in diagram and "    FAILED --> [*]" in diagram
+
+
+def test_read_only_plans_skip_the_gate() -> None:
+    assert transition(AGENT_TASK, "PLAN", "EXECUTE") == "EXECUTE"
+
+
+def test_gate_outcomes_are_declared_and_labelled() -> None:
+    gate = AGENT_TASK.gates["WAIT_APPROVAL"]
+    assert gate.outcomes() == {"approve": "EXECUTE", "reject": "FAILED", "timeout": "FAILED"}
+    assert AGENT_TASK.is_gate("WAIT_APPROVAL") and not AGENT_TASK.is_gate("PLAN")
+    diagram = to_mermaid(AGENT_TASK)
+    assert "    WAIT_APPROVAL --> EXECUTE : approve\n" in diagram
+    assert "    WAIT_APPROVAL --> FAILED : reject / timeout\n" in diagram
+
+
+@pytest.mark.parametrize(
+    ("gate", "problem"),
+    [
+        (Gate(approve="B", reject="F", timeout="X"), "timeout outcome leads to X"),
+        (Gate(approve="F", reject="F", timeout="F"), None),
+    ],
+)
+def test_gate_outcomes_must_be_declared_transitions(gate: Gate, problem: str | None) -> None:
+    def declare() -> Machine:
+        return Machine.declare(
+            "Gated",
+            initial="A",
+            transitions={"A": ["G"], "G": ["B", "F"]},
+            terminal=["B", "F"],
+            failure="F",
+            gates={"G": gate},
+        )
+
+    if problem is None:
+        assert declare().is_gate("G")
+    else:
+        with pytest.raises(MachineDeclarationError, match=problem):
+            declare()
+
+
+def test_a_terminal_state_cannot_be_a_gate() -> None:
+    with pytest.raises(MachineDeclarationError, match="non-terminal"):
+        Machine.declare(
+            "Gated", initial="A", transitions={"A": ["B"]}, terminal=["B"], gates={"B": Gate("B", "B", "B")}
+        )
 
 
 def test_diagram_command_prints_the_generated_diagram() -> None:

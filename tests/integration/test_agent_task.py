@@ -2,35 +2,24 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import httpx
 
 from deploy.local import Stack
-
-HAPPY_PATH = ["INITIAL", "FETCH_CONTEXT", "ANALYZE", "PLAN", "EXECUTE", "VERIFY", "COMPLETE"]
-
-
-def new_task_id(prefix: str = "t") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+from tests.integration.flows import END, HAPPY_PATH, new_task_id, run_approved, start, wait_parked
 
 
 def tickets(stack: Stack) -> list[dict[str, Any]]:
     response = httpx.get(f"{stack.tools_url}/tickets", timeout=10)
     response.raise_for_status()
-    body = response.json()
-    found: list[dict[str, Any]] = body["tickets"]
+    found: list[dict[str, Any]] = response.json()["tickets"]
     return found
 
 
 def test_task_reaches_complete_through_the_ingress(any_stack: Stack) -> None:
     task_id = new_task_id()
-    response = any_stack.call(
-        "AgentTask", task_id, "run", {"user_id": "u-1", "task": "Open a ticket: the VPN is broken"}
-    )
-    assert response.status_code == 200, response.text
-    view = response.json()
+    view = run_approved(any_stack, task_id, "Open a ticket: the VPN is broken")
     assert view["task_id"] == task_id
     assert view["state"] == "COMPLETE" and view["terminal"] is True
     assert view["error"] is None
@@ -50,10 +39,21 @@ def test_task_reaches_complete_through_the_ingress(any_stack: Stack) -> None:
     assert [t["ticket_id"] for t in tickets(any_stack)].count(ticket_id) == 1
 
 
+def test_read_only_plan_goes_straight_on_without_approval(any_stack: Stack) -> None:
+    task_id = new_task_id("ro")
+    response = any_stack.call("AgentTask", task_id, "run", {"user_id": "u-1", "task": "Summarize my history"})
+    assert response.status_code == 200, response.text
+    view = response.json()
+    assert view["state"] == "COMPLETE"
+    assert "WAIT_APPROVAL" not in [entry["to_state"] for entry in view["history"]]
+    assert view["approvals"] == [] and view["data"]["side_effect_tools"] == []
+    assert [call["tool"] for call in view["data"]["executed"]] == ["lookup_user_history"]
+
+
 def test_running_a_finished_task_again_does_not_act_again(stack: Stack) -> None:
     task_id = new_task_id()
     body = {"user_id": "u-2", "task": "Please open a ticket for the broken printer"}
-    first = stack.call("AgentTask", task_id, "run", body).json()
+    first = run_approved(stack, task_id, body["task"], body["user_id"])
     before = len(tickets(stack))
     again = stack.call("AgentTask", task_id, "run", body)
     assert again.status_code == 200
@@ -63,7 +63,7 @@ def test_running_a_finished_task_again_does_not_act_again(stack: Stack) -> None:
 
 def test_same_task_id_with_different_input_is_refused(stack: Stack) -> None:
     task_id = new_task_id()
-    stack.call("AgentTask", task_id, "run", {"user_id": "u-1", "task": "open a ticket: disk full"})
+    stack.call("AgentTask", task_id, "run", {"user_id": "u-1", "task": "summarize my history"})
     refused = stack.call("AgentTask", task_id, "run", {"user_id": "u-1", "task": "something else"})
     assert refused.status_code == 409
     assert "different input" in refused.text
@@ -112,10 +112,19 @@ def attempts_logged(stack: Stack, task_id: str) -> int:
 
 
 def test_always_replay_mode_really_suspends_and_replays(replay_stack: Stack, stack: Stack) -> None:
-    body = {"user_id": "u-1", "task": "open a ticket: monitor flickers"}
+    body = {"user_id": "u-1", "task": "summarize my history"}
     replayed, normal = new_task_id("replay"), new_task_id("normal")
     assert replay_stack.call("AgentTask", replayed, "run", body).json()["state"] == "COMPLETE"
     assert stack.call("AgentTask", normal, "run", body).json()["state"] == "COMPLETE"
     # Normal mode runs the handler once; always-replay resumes it after every journaled await.
     assert attempts_logged(stack, normal) == 1
     assert attempts_logged(replay_stack, replayed) > len(HAPPY_PATH)
+
+
+def test_status_answers_while_run_waits_at_the_gate(stack: Stack) -> None:
+    task_id = new_task_id("busy")
+    start(stack, task_id, "open a ticket: keyboard is broken")
+    view = wait_parked(stack, task_id)
+    assert view["terminal"] is False
+    assert stack.decide("AgentTask", task_id, "reject", comment="not now").status_code == 200
+    assert stack.wait_for_state("AgentTask", task_id, END)["state"] == "FAILED"

@@ -17,6 +17,7 @@ from app.llm.anthropic_model import ANALYZE_TOOL, PLAN_TOOL, VERIFY_TOOL
 from deploy.local import Stack, running_stack
 from tests.fakes.anthropic_api import FakeAnthropicAPI
 from tests.integration.conftest import sqlite_url
+from tests.integration.flows import END, start
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +49,13 @@ def llm(fake_llm: FakeAnthropicAPI) -> FakeAnthropicAPI:
 
 
 def run_task(stack: Stack, text: str) -> dict[str, Any]:
-    response = stack.call(
-        "AgentTask", f"claude-{uuid.uuid4().hex[:10]}", "run", {"user_id": "u-1", "task": text}
-    )
-    assert response.status_code == 200, response.text
-    view: dict[str, Any] = response.json()
+    """Run a task, approving its plan if it waits for approval; the final view."""
+    task_id = f"claude-{uuid.uuid4().hex[:10]}"
+    start(stack, task_id, text)
+    view = stack.wait_for_state("AgentTask", task_id, {"WAIT_APPROVAL", *END})
+    if view["state"] == "WAIT_APPROVAL":
+        assert stack.decide("AgentTask", task_id, "approve").status_code == 200
+        view = stack.wait_for_state("AgentTask", task_id, END)
     return view
 
 

@@ -16,6 +16,7 @@ import pytest
 from deploy.local import Stack, running_stack, wait_until
 from tests.fakes.anthropic_api import FakeAnthropicAPI
 from tests.integration.conftest import sqlite_url
+from tests.integration.flows import start, wait_parked
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +64,9 @@ def test_sigkill_during_a_tool_call_resumes_without_repeating_anything(
     assert crash_stack.app is not None
     task_id = f"crash-{uuid.uuid4().hex[:10]}"
     marker = uuid.uuid4().hex
-    crash_stack.send(
-        "AgentTask", task_id, "run", {"user_id": "u-1", "task": f"Open a ticket: printer on fire ({marker})"}
-    )
+    start(crash_stack, task_id, f"Open a ticket: printer on fire ({marker})")
+    wait_parked(crash_stack, task_id)
+    assert crash_stack.decide("AgentTask", task_id, "approve").status_code == 200
 
     # Wait until the EXECUTE step's first tool call is claimed at the tool service: it is in flight.
     key = f"AgentTask:{task_id}:EXECUTE.1:0"
@@ -94,12 +95,15 @@ def test_sigkill_during_a_tool_call_resumes_without_repeating_anything(
     }
 
 
-def test_agent_service_exits_cleanly_on_sigterm(crash_stack: Stack) -> None:
-    # The SDK installs its own SIGTERM hook on the first invocation; serve one before stopping.
+def test_agent_service_exits_cleanly_on_sigterm_with_a_task_waiting(crash_stack: Stack) -> None:
+    # The SDK installs its own SIGTERM hook on the first invocation, and this one is still open
+    # (waiting at the gate) when the signal comes: the service must still stop, with exit code 0.
     assert crash_stack.app is not None
     task_id = f"sigterm-{uuid.uuid4().hex[:10]}"
-    view = crash_stack.call("AgentTask", task_id, "run", {"user_id": "u-2", "task": "Ponder"}).json()
-    assert view["terminal"] is True
-    assert crash_stack.app.stop(timeout=15) == 0
+    start(crash_stack, task_id, "Open a ticket: the fax is broken")
+    wait_parked(crash_stack, task_id)
+    assert crash_stack.app.stop(timeout=20) == 0
     crash_stack.app.start()
-    assert crash_stack.status("AgentTask", task_id)["state"] == view["state"]
+    assert crash_stack.decide("AgentTask", task_id, "approve").status_code == 200
+    view = crash_stack.wait_for_state("AgentTask", task_id, {"COMPLETE", "FAILED"}, timeout=120)
+    assert view["state"] == "COMPLETE", view

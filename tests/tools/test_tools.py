@@ -11,12 +11,14 @@ def test_the_catalog_lists_every_tool_with_its_argument_schema(client):
 
     assert response.status_code == 200
     tools = {tool["name"]: tool for tool in response.json()["tools"]}
-    assert set(tools) == {"lookup_user_history", "add_user_note", "create_ticket", "send_notification"}
     assert {name: tool["side_effects"] for name, tool in tools.items()} == {
         "lookup_user_history": False,
         "add_user_note": True,
         "create_ticket": True,
         "send_notification": True,
+        "request_approval": True,
+        "remind_approval": True,
+        "close_approval": True,
     }
     ticket_schema = tools["create_ticket"]["args_schema"]
     assert ticket_schema["additionalProperties"] is False

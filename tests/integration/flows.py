@@ -1,0 +1,45 @@
+"""Small flows the integration tests share: start a task, approve its gate, wait for its end."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from deploy.local import Stack, wait_until
+
+END = {"COMPLETE", "FAILED"}
+HAPPY_PATH = ["INITIAL", "FETCH_CONTEXT", "ANALYZE", "PLAN", "WAIT_APPROVAL", "EXECUTE", "VERIFY", "COMPLETE"]
+
+
+def new_task_id(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def start(stack: Stack, task_id: str, task: str, user_id: str = "u-1") -> str:
+    return stack.send("AgentTask", task_id, "run", {"user_id": user_id, "task": task})
+
+
+def wait_parked(stack: Stack, task_id: str, timeout: float = 60.0) -> dict[str, Any]:
+    """Wait until the task waits at its gate with the approval requested (ticket open)."""
+    seen: dict[str, Any] = {}
+
+    def parked() -> bool:
+        seen.update(stack.status("AgentTask", task_id))
+        if seen["state"] in END:
+            raise AssertionError(f"the task ended instead of waiting: {seen}")
+        pending = seen.get("pending_approval")
+        return seen["state"] == "WAIT_APPROVAL" and bool(pending and pending["approval_ticket_id"])
+
+    wait_until(parked, timeout=timeout, interval=0.1, what=f"AgentTask/{task_id} to wait for approval")
+    return seen
+
+
+def run_approved(
+    stack: Stack, task_id: str, task: str, user_id: str = "u-1", approver: str = "ops-lead"
+) -> dict[str, Any]:
+    """Start a task, approve its plan as soon as it waits, and return its final view."""
+    start(stack, task_id, task, user_id)
+    wait_parked(stack, task_id)
+    decided = stack.decide("AgentTask", task_id, "approve", approver=approver, comment="looks right")
+    assert decided.status_code == 200, decided.text
+    return stack.wait_for_state("AgentTask", task_id, END)
