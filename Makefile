@@ -8,27 +8,30 @@ PY_STAMP := $(VENV)/.installed
 NPM_STAMP := node_modules/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps test lint format unit integration demo diagram clean
+.PHONY: install runtime-deps test-deps test lint format unit integration demo diagram clean
 
-install: $(PY_STAMP) $(NPM_STAMP)
+install: $(PY_STAMP) $(NPM_STAMP) runtime-deps
 
-# Debian packages the tests use: Chromium for the inbox page's browser tests. Installed when run
-# as root (CI, the dev machines); otherwise a clear message says what to install.
-APT_PACKAGES := chromium
-system-deps:
-	@if [ -x /usr/bin/chromium ]; then :; \
+# Debian packages, installed when run as root (CI, the dev machines); otherwise a clear message
+# says what to install. Tesseract does the receipts' OCR (the demo and the tests); Chromium runs
+# the inbox page's browser tests.
+RUNTIME_APT := tesseract-ocr
+TEST_APT := chromium
+
+define apt_install
+	@missing=""; for pkg in $(1); do dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
-	else echo "missing Debian packages: sudo apt-get install $(APT_PACKAGES)" >&2; exit 1; fi
+		echo "apt-get install$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing >/dev/null; \
+	else echo "missing Debian packages; run: sudo apt-get install$$missing" >&2; exit 1; fi
+endef
 
-$(PY_STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
-	@touch $@
+runtime-deps:
+	$(call apt_install,$(RUNTIME_APT))
 
-$(NPM_STAMP): package.json package-lock.json
-	npm ci --no-audit --no-fund --loglevel=error
-	@touch $@
+test-deps:
+	$(call apt_install,$(TEST_APT))
 
 lint: $(PY_STAMP)
 	$(BIN)/ruff format --check .
@@ -39,13 +42,13 @@ format: $(PY_STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: install system-deps lint
+test: install test-deps lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 unit: install
 	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
 
-integration: install system-deps
+integration: install test-deps
 	$(BIN)/pytest -m integration $(PYTEST_ARGS)
 
 demo: install

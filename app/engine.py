@@ -23,6 +23,7 @@ from app import tool_client
 from app.approvals.models import ApprovalRecord, ApprovalRequest, PendingApproval
 from app.approvals.waiting import await_gate
 from app.machine import IllegalTransition, Machine, transition
+from app.settings import get_settings
 from app.tool_client import ToolResult
 
 log = logging.getLogger(__name__)
@@ -178,6 +179,7 @@ class StepContext(Generic[D]):
         self.agent = record.agent
         self.state = record.state
         self.data = record.data
+        self.approvals = list(record.approvals)
         # A state visited again (a loop) gets fresh keys; a replay of the same visit the same keys.
         self.visit = sum(1 for t in record.history if t.to_state == record.state)
         self._tool_calls = 0
@@ -424,6 +426,25 @@ class AgentEngine(Generic[D]):
         if record is None:
             raise TerminalError(f"no {self.machine.name} task {ctx.key()}", status_code=404)
         return view_of(record, self.machine)
+
+
+def agent_object(name: str, description: str) -> restate.VirtualObject:
+    """An agent's virtual object, with the Restate options every agent needs, chosen on purpose."""
+    settings = get_settings()
+    seconds = settings.inactivity_timeout_seconds
+    return restate.VirtualObject(
+        name,
+        description=description,
+        # Suspend idle invocations soon (a task parked at a gate holds no worker memory), but give
+        # a step in flight until the abort timeout, longer than the slowest LLM call, to finish.
+        # 0 defers to the server's setting (the always-replay tests set 0s there).
+        inactivity_timeout=timedelta(seconds=seconds) if seconds > 0 else None,
+        abort_timeout=timedelta(seconds=settings.llm_timeout_seconds + 60),
+        # Restate keeps a journal no longer than the invocation's result: both get the same retention.
+        journal_retention=timedelta(days=settings.journal_retention_days),
+        idempotency_retention=timedelta(days=settings.journal_retention_days),
+        invocation_retry_policy=invocation_retry_policy(),
+    )
 
 
 def invocation_retry_policy() -> restate.InvocationRetryPolicy:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 
@@ -58,6 +59,13 @@ class Settings(BaseSettings):
     approvers_csv: str = Field("ops-lead", alias="APPROVERS", min_length=1)
     approval_escalation_approver: str | None = Field("ops-manager", alias="APPROVAL_ESCALATION_APPROVER")
 
+    # Expense reports. A receipt total within this of the claim matches. Auto-approval (no human)
+    # only for an amount up to the maximum, in a low-risk category, classified confidently.
+    expense_total_tolerance: Decimal = Field(Decimal("0.05"), alias="EXPENSE_TOTAL_TOLERANCE", ge=0)
+    auto_approve_max_amount: Decimal = Field(Decimal("50.00"), alias="AUTO_APPROVE_MAX_AMOUNT", ge=0)
+    auto_approve_categories_csv: str = Field("meals,office_supplies", alias="AUTO_APPROVE_CATEGORIES")
+    auto_approve_min_confidence: float = Field(0.8, alias="AUTO_APPROVE_MIN_CONFIDENCE", ge=0, le=1)
+
     @field_validator("approval_escalation_approver")
     @classmethod
     def _none_disables_escalation(cls, value: str | None) -> str | None:
@@ -76,6 +84,10 @@ class Settings(BaseSettings):
     def approvers(self) -> list[str]:
         names = [name.strip() for name in self.approvers_csv.split(",") if name.strip()]
         return list(dict.fromkeys(names))
+
+    @property
+    def auto_approve_categories(self) -> list[str]:
+        return [name.strip() for name in self.auto_approve_categories_csv.split(",") if name.strip()]
 
     @property
     def uses_offline_model(self) -> bool:

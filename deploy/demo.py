@@ -1,29 +1,30 @@
-"""`make demo`: the whole stack on the embedded defaults (SQLite, offline model), one AgentTask end to end.
+"""`make demo`: the expense report agent end to end on the embedded defaults (SQLite, offline model).
 
 Starts restate-server, the tool service and the agent service on free ports under `var/demo/`,
-registers the agent service, sends one task through the Restate ingress, waits for its result,
-prints the state timeline and Restate's journal of the run (`restate invocations describe`), and
-stops everything it started, also on Ctrl-C or failure.
+registers the agent service, seeds sample expenses (rendered receipts) through the tool service's
+REST API, submits each through the Restate ingress, approves one and rejects one through the
+signed webhook, prints every task's timeline, one task's Restate journal (`restate invocations
+describe`) and the ledger, then the generic agent on one task, and stops everything it started,
+also on Ctrl-C or failure.
 """
 
 from __future__ import annotations
 
 import shutil
 import sys
-import time
 import uuid
 from typing import Any
 
 import httpx
+from tools.seed import seed_expenses
 
 from app.settings import DEV_WEBHOOK_SECRET
-from deploy.local import ROOT, Stack, StackError, running_stack
+from deploy.local import ROOT, Stack, StackError, running_stack, wait_until
 
 DEMO_DIR = ROOT / "var/demo"
-DEMO_TASK = {
-    "user_id": "u-1",
-    "task": "Open a ticket: the office VPN is broken, and notify me when it is filed",
-}
+END = {"COMPLETE", "FAILED"}
+# What the demo's human does with each report that waits for approval.
+DECISIONS = {"hotel-stay": "approve", "conference-flight": "reject"}
 
 
 def say(text: str = "") -> None:
@@ -36,78 +37,122 @@ def timeline(view: dict[str, Any]) -> str:
     for entry in view["history"]:
         arrow = f"{entry['from_state'] or '':>13} -> {entry['to_state']:<13}"
         note = f"  {entry['note']}" if entry.get("note") else ""
-        rows.append(f"  {entry['at']}  {arrow}{note}")
+        rows.append(f"    {entry['at']}  {arrow}{note}")
     return "\n".join(rows)
 
 
-def run_demo(stack: Stack) -> int:
-    task_id = f"demo-{uuid.uuid4().hex[:8]}"
-    say(f"Sending AgentTask/{task_id}/run through the Restate ingress ({stack.ingress_url}):")
-    say(f"  {DEMO_TASK}")
-    invocation_id = stack.send("AgentTask", task_id, "run", DEMO_TASK, idempotency_key=f"demo-{task_id}")
-    started = time.monotonic()
-
-    parked = stack.wait_for_state("AgentTask", task_id, {"WAIT_APPROVAL", "COMPLETE", "FAILED"}, timeout=60)
-    pending = parked.get("pending_approval")
-    if pending:
-        say("\nThe plan has side effects, so the task suspended at WAIT_APPROVAL (no worker memory held):")
-        say(f"  {pending['summary']}")
-        say(f"  approvers {pending['approvers']}, deadline {pending['deadline']}")
-        say(f"  approval_hash {pending['approval_hash']}")
-        decision = {
-            "agent": "AgentTask",
-            "task_id": task_id,
-            "decision": "approve",
-            "approver": pending["approvers"][0],
-            "comment": "approved in the demo",
-            "approval_hash": pending["approval_hash"],
-        }
-        answer = stack.signed_webhook(decision, DEV_WEBHOOK_SECRET)
-        say(f"Approving through the signed webhook POST {stack.approvals_url}/webhooks/approval:")
-        say(f"  {answer.status_code} {answer.json().get('status', answer.text)}")
-
-    result = httpx.get(f"{stack.ingress_url}/restate/attach/{invocation_id}", timeout=120)
-    elapsed = time.monotonic() - started
-    if result.status_code != 200:
-        say(f"The task's invocation failed: {result.status_code} {result.text}")
-        return 1
-    view = result.json()
-    say(f"\nTask {task_id} ended in {view['state']} after {elapsed:.2f}s (model: {view['model']}).")
-    for approval in view["approvals"]:
-        say(
-            f"Approval: {approval['outcome']} by {approval['approver']} at {approval['decided_at']}"
-            f" ({approval['comment']!r})"
-        )
-    say("\nState timeline (from the task's own history in Restate state):")
-    say(timeline(view))
+def outcome(view: dict[str, Any]) -> str:
     if view["error"]:
-        say(f"\nError: {view['error']}")
-    else:
-        say(f"\nResult: {view['result']}")
-    say("\nTool calls (each under its derived Idempotency-Key):")
-    for call in view["data"]["executed"]:
-        say(f"  [{call['idempotency_key']}]\n    {call['tool']}({call['args']})\n    -> {call['result']}")
+        error = view["error"]
+        return f"{view['state']} at {error['state']} ({error['code']}): {error['message']}"
+    return f"{view['state']}: {view['result']}"
 
-    say(f"\nRestate's journal of the run: restate invocations describe {invocation_id}")
-    described = stack.cli("invocations", "describe", invocation_id)
+
+def decide_by_webhook(stack: Stack, agent: str, task_id: str, decision: str) -> None:
+    seen: dict[str, Any] = {}
+
+    def requested_or_ended() -> bool:
+        seen.update(stack.status(agent, task_id))
+        return seen["state"] in END or bool((seen["pending_approval"] or {}).get("approval_ticket_id"))
+
+    wait_until(requested_or_ended, timeout=60, what=f"{task_id} to ask for approval")
+    view = seen
+    pending = view["pending_approval"]
+    if pending is None:
+        say(f"  {task_id} did not wait for approval: {outcome(view)}")
+        return
+    body = {
+        "agent": agent,
+        "task_id": task_id,
+        "decision": decision,
+        "approver": pending["approvers"][0],
+        "comment": f"{decision.replace('approve', 'approved').replace('reject', 'rejected')} in the demo",
+        "approval_hash": pending["approval_hash"],
+    }
+    answer = stack.signed_webhook(body, DEV_WEBHOOK_SECRET)
+    say(f"  {task_id}: waiting for {pending['approvers']} -> {decision} by {pending['approvers'][0]}")
+    say(f"    signed POST /webhooks/approval answered {answer.status_code} {answer.json().get('status', '')}")
+
+
+def expense_demo(stack: Stack) -> tuple[bool, str | None]:
+    say("Seeding sample expenses (receipts rendered with Pillow) through POST /expenses:")
+    with httpx.Client(base_url=stack.tools_url, timeout=60) as client:
+        expenses = seed_expenses(client)
+    tasks: dict[str, str] = {}
+    invocations: dict[str, str] = {}
+    for expense in expenses:
+        say(f"  {expense.expense_id}  {expense.label:<18} {expense.amount:>8} at {expense.merchant}")
+        task_id = f"report-{expense.expense_id}"
+        tasks[expense.label] = task_id
+        invocations[expense.label] = stack.send(
+            "ExpenseReport", task_id, "run", {"expense_id": expense.expense_id}
+        )
+
+    say("\nSubmitted each through the Restate ingress (POST /ExpenseReport/{task}/run/send).")
+    say("Human decisions through the signed approval webhook:")
+    for label, decision in DECISIONS.items():
+        decide_by_webhook(stack, "ExpenseReport", tasks[label], decision)
+
+    say("\nTimelines (each task's history, kept in Restate state):")
+    views = {}
+    for label, task_id in tasks.items():
+        view = stack.wait_for_state("ExpenseReport", task_id, END, timeout=120)
+        views[label] = view
+        say(f"\n  {label} ({task_id}): {outcome(view)}")
+        say(timeline(view))
+
+    journal_label = "hotel-stay"
+    say(f"\nRestate's journal of {journal_label}: restate invocations describe {invocations[journal_label]}")
+    described = stack.cli("invocations", "describe", invocations[journal_label])
     say(described.stdout.rstrip() or described.stderr.rstrip())
-    return 0 if view["state"] == "COMPLETE" else 1
+
+    say("\nThe ledger (one double-entry posting per approved expense):")
+    ledger = httpx.get(f"{stack.tools_url}/ledger", timeout=10).json()["postings"]
+    for posting in ledger:
+        say(f"  {posting['posting_id']}  {posting['expense_id']}  approved by {posting['approved_by']}")
+        for line in posting["lines"]:
+            amounts = f"debit {line['debit']:>9}  credit {line['credit']:>9} {line['currency']}"
+            say(f"      {line['account']:<40} {amounts}")
+
+    expected = {"small-lunch": "COMPLETE", "hotel-stay": "COMPLETE", "conference-flight": "FAILED"}
+    expected["mismatch-taxi"] = "FAILED"
+    ok = all(views[label]["state"] == state for label, state in expected.items()) and len(ledger) == 2
+    return ok, tasks.get("hotel-stay")
+
+
+def agent_task_demo(stack: Stack) -> bool:
+    task_id = f"demo-{uuid.uuid4().hex[:8]}"
+    task = {
+        "user_id": "u-1",
+        "task": "Open a ticket: the office VPN is broken, and notify me when it is filed",
+    }
+    say(f"\nThe generic agent: AgentTask/{task_id} {task}")
+    stack.send("AgentTask", task_id, "run", task)
+    decide_by_webhook(stack, "AgentTask", task_id, "approve")
+    view = stack.wait_for_state("AgentTask", task_id, END, timeout=120)
+    say(f"  {outcome(view)}")
+    say(timeline(view))
+    return bool(view["state"] == "COMPLETE")
 
 
 def main() -> int:
     shutil.rmtree(DEMO_DIR, ignore_errors=True)
     say("Starting restate-server, the tool service and the agent service (SQLite, offline model)...")
     try:
-        with running_stack(DEMO_DIR, f"sqlite:///{DEMO_DIR / 'agents.db'}", extra_env={}) as stack:
+        with running_stack(DEMO_DIR, f"sqlite:///{DEMO_DIR / 'agents.db'}") as stack:
             say(f"  restate ingress {stack.ingress_url}, admin {stack.admin_url}")
-            say(f"  agent service {stack.app_url} (registered), tool service {stack.tools_url}")
-            say(f"  logs in {DEMO_DIR / 'logs'}\n")
-            code = run_demo(stack)
+            say(f"  agent service {stack.app_url} (registered), approvals {stack.approvals_url}")
+            say(f"  tool service {stack.tools_url}; logs in {DEMO_DIR / 'logs'}\n")
+            expenses_ok, _ = expense_demo(stack)
+            agent_ok = agent_task_demo(stack)
     except StackError as exc:
         say(f"The stack did not start: {exc}")
         return 1
     say("\nStopped everything the demo started.")
-    return code
+    if not (expenses_ok and agent_ok):
+        say("Some task did not end as expected: see the timelines above.")
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -3,6 +3,12 @@
 `POST /tools/{name}` checks everything about the request first (header, size, JSON, arguments),
 so bad input is refused without touching the idempotency store; then it claims the key, runs the
 tool and completes the key in one transaction (see tools/idempotency.py for why that order).
+A tool with a prepare step (OCR) does that slow, read-only work between the claim and the
+transaction, so no transaction stays open while Tesseract runs.
+
+People use plain REST: `POST /expenses` (multipart: the claim and its receipt image, with an
+optional Idempotency-Key under the same store and rules), `GET /expenses[/{id}[/receipt]]`, and
+the ledger (`GET /ledger`, `GET /ledger/balance`); the rest are read-only inspection endpoints.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 import anyio.to_thread
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
@@ -27,8 +33,21 @@ from starlette.routing import Route
 
 from tools.approvals import ApprovalTicketQuery, get_approval_ticket, list_approval_tickets
 from tools.db import create_schema, make_engine, make_session_factory, utc_now
-from tools.definition import Tool, ToolCall, ToolError
+from tools.definition import Tool, ToolCall, ToolError, ToolFailure, derive_id
 from tools.errors import ApiError, error_body
+from tools.expenses import (
+    EXPENSE_ID_PREFIX,
+    SUBMISSION_MAX_BYTES,
+    SUBMISSION_MAX_PARTS,
+    SUBMIT_EXPENSE,
+    ExpenseQuery,
+    create_expense,
+    get_expense_view,
+    get_receipt,
+    list_expenses,
+    new_expense_id,
+    parse_submission,
+)
 from tools.idempotency import (
     MAX_KEY_LENGTH,
     Claimed,
@@ -40,10 +59,13 @@ from tools.idempotency import (
     StoredResponse,
     request_hash,
 )
+from tools.ledger import LedgerQuery, ledger_balance, list_postings
 from tools.notifications import NotificationQuery, list_notifications
 from tools.registry import ToolRegistry, default_registry
+from tools.routing import seed_routing_policy
 from tools.settings import ToolsSettings, get_tools_settings
 from tools.tickets import list_tickets
+from tools.uploads import read_multipart_form
 from tools.users import seed_demo_users
 
 logger = logging.getLogger(__name__)
@@ -107,6 +129,14 @@ def idempotency_key_from(request: Request) -> str:
             400, "invalid_idempotency_key", f"The {IDEMPOTENCY_KEY_HEADER} contains non-printable characters."
         )
     return key
+
+
+def optional_idempotency_key(request: Request) -> str | None:
+    """The Idempotency-Key where it is optional (REST submissions): None when the header is absent;
+    present, it follows the same rules as for tool calls."""
+    if IDEMPOTENCY_KEY_HEADER not in request.headers:
+        return None
+    return idempotency_key_from(request)
 
 
 def check_content_type(request: Request) -> None:
@@ -263,6 +293,7 @@ class _ToolService:
     def start(self) -> None:
         create_schema(self.engine)
         seed_demo_users(self.sessions)
+        seed_routing_policy(self.sessions)
 
     async def call_tool(self, request: Request) -> Response:
         name = request.path_params["name"]
@@ -285,28 +316,50 @@ class _ToolService:
             # Testing knob: the claim is committed, the effect not yet (see ToolsSettings).
             await anyio.sleep(self.settings.tools_simulated_latency_ms / 1000)
 
+        prepared: object = None
+        if tool.prepare is not None:
+            try:
+                prepared = await anyio.to_thread.run_sync(tool.prepare, self.sessions, args)
+            except Exception as exc:
+                # Nothing was written; give the key back so the retry prepares afresh.
+                await anyio.to_thread.run_sync(self.store.release, key, claim.claim_token)
+                return self._tool_failed(tool, key, exc)
+
         def effect(session: Session) -> StoredResponse:
             return self._run_tool(
-                tool, args, ToolCall(session=session, idempotency_key=key, now=self.clock())
+                tool,
+                args,
+                ToolCall(session=session, idempotency_key=key, now=self.clock(), prepared=prepared),
             )
 
         try:
             outcome = await anyio.to_thread.run_sync(self.store.execute, key, claim.claim_token, effect)
-        except Exception:
+        except Exception as exc:
             # The effect rolled back and the claim was released: a retry runs the tool afresh.
-            logger.exception("tool %r failed unexpectedly (Idempotency-Key %r)", tool.name, key)
-            return error_response(
-                500,
-                "tool_failed",
-                f"The tool {tool.name!r} failed unexpectedly; its effect was rolled back. "
-                "Retry with the same Idempotency-Key.",
-            )
+            return self._tool_failed(tool, key, exc)
         if isinstance(outcome, ClaimLost):
             logger.warning("lost the claim on Idempotency-Key %r to a takeover; rolled back", key)
             return self._answer_without_running(
                 await anyio.to_thread.run_sync(self.store.current_outcome, key, fingerprint)
             )
         return _text_response(outcome.response.body, outcome.response.status_code)
+
+    @staticmethod
+    def _tool_failed(tool: Tool[Any, Any], key: str, exc: Exception) -> Response:
+        """The 500 for a tool that raised (called from the except block): nothing is stored."""
+        if isinstance(exc, ToolFailure):
+            # A known technical failure: its message says what to fix.
+            logger.error("tool %r failed (Idempotency-Key %r): %s", tool.name, key, exc.message)
+            return error_response(
+                500, exc.code, f"{exc.message} Nothing was stored; retry with the same Idempotency-Key."
+            )
+        logger.exception("tool %r failed unexpectedly (Idempotency-Key %r)", tool.name, key)
+        return error_response(
+            500,
+            "tool_failed",
+            f"The tool {tool.name!r} failed unexpectedly; its effect was rolled back. "
+            "Retry with the same Idempotency-Key.",
+        )
 
     @staticmethod
     def _run_tool(tool: Tool[Any, Any], args: Any, call: ToolCall) -> StoredResponse:
@@ -323,10 +376,16 @@ class _ToolService:
         return StoredResponse(200, render_json(result.model_dump(mode="json")))
 
     @staticmethod
-    def _answer_without_running(outcome: Replay | KeyReused | InFlight) -> Response:
+    def _answer_without_running(
+        outcome: Replay | KeyReused | InFlight, replay_status: int | None = None
+    ) -> Response:
+        """`replay_status` replaces the stored status of a replay (a creation's 201 replays as 200:
+        nothing was created this time)."""
         if isinstance(outcome, Replay):
             return _text_response(
-                outcome.response.body, outcome.response.status_code, {REPLAYED_HEADER: "true"}
+                outcome.response.body,
+                replay_status or outcome.response.status_code,
+                {REPLAYED_HEADER: "true"},
             )
         if isinstance(outcome, KeyReused):
             return error_response(
@@ -401,9 +460,109 @@ class _ToolService:
             )
         return json_response(ticket.model_dump(mode="json"))
 
+    # --- expenses and the ledger (plain REST for people; the agent uses the tools) ----------
+
+    async def submit_expense(self, request: Request) -> Response:
+        """`POST /expenses`: everything is checked before anything is stored; with an
+        Idempotency-Key, the expense commits together with the key's response."""
+        key = optional_idempotency_key(request)
+        form = await read_multipart_form(
+            request, max_body_bytes=SUBMISSION_MAX_BYTES, max_parts=SUBMISSION_MAX_PARTS
+        )
+        # Decoding the image to prove it is one takes CPU time: off the event loop.
+        submission = await anyio.to_thread.run_sync(parse_submission, form)
+
+        if key is None:
+            view = await anyio.to_thread.run_sync(
+                self._write,
+                partial(
+                    create_expense,
+                    submission=submission,
+                    expense_id=new_expense_id(),
+                    idempotency_key=None,
+                    now=self.clock(),
+                ),
+            )
+            return json_response(view.model_dump(mode="json"), 201)
+
+        fingerprint = submission.request_hash()
+        claim = await anyio.to_thread.run_sync(self.store.claim, key, SUBMIT_EXPENSE, fingerprint)
+        if not isinstance(claim, Claimed):
+            return self._answer_without_running(claim, replay_status=200)
+
+        def effect(session: Session) -> StoredResponse:
+            view = create_expense(
+                session,
+                submission,
+                expense_id=derive_id(EXPENSE_ID_PREFIX, key),
+                idempotency_key=key,
+                now=self.clock(),
+            )
+            return StoredResponse(201, render_json(view.model_dump(mode="json")))
+
+        # An unexpected failure rolls back, releases the claim and ends as the one 500 shape.
+        outcome = await anyio.to_thread.run_sync(self.store.execute, key, claim.claim_token, effect)
+        if isinstance(outcome, ClaimLost):
+            return self._answer_without_running(
+                await anyio.to_thread.run_sync(self.store.current_outcome, key, fingerprint),
+                replay_status=200,
+            )
+        return _text_response(outcome.response.body, outcome.response.status_code)
+
+    async def get_expenses(self, request: Request) -> Response:
+        query = parse_query(request, ExpenseQuery)
+        views = await anyio.to_thread.run_sync(
+            self._read, partial(list_expenses, employee_id=query.employee_id, status=query.status)
+        )
+        return json_response({"expenses": [view.model_dump(mode="json") for view in views]})
+
+    async def get_expense_by_id(self, request: Request) -> Response:
+        expense_id = request.path_params["expense_id"]
+        view = await anyio.to_thread.run_sync(self._read, partial(get_expense_view, expense_id=expense_id))
+        if view is None:
+            raise _unknown_expense(expense_id)
+        return json_response(view.model_dump(mode="json"))
+
+    async def get_expense_receipt(self, request: Request) -> Response:
+        expense_id = request.path_params["expense_id"]
+        receipt = await anyio.to_thread.run_sync(self._read, partial(get_receipt, expense_id=expense_id))
+        if receipt is None:
+            raise _unknown_expense(expense_id)
+        image, content_type = receipt
+        # nosniff: the bytes were checked to be this type; no browser should guess otherwise.
+        return Response(image, media_type=content_type, headers={"X-Content-Type-Options": "nosniff"})
+
+    async def get_ledger(self, request: Request) -> Response:
+        query = parse_query(request, LedgerQuery)
+        postings = await anyio.to_thread.run_sync(
+            self._read, partial(list_postings, expense_id=query.expense_id)
+        )
+        return json_response({"postings": [posting.model_dump(mode="json") for posting in postings]})
+
+    async def get_ledger_balance(self, request: Request) -> Response:
+        parse_query(request, _NoQuery)
+        balance = await anyio.to_thread.run_sync(self._read, ledger_balance)
+        return json_response(balance.model_dump(mode="json"))
+
+    def _write(self, change: Callable[[Session], Any]) -> Any:
+        with self.sessions.begin() as session:
+            return change(session)
+
     def _read(self, query: Callable[[Session], Any]) -> Any:
         with self.sessions.begin() as session:
             return query(session)
+
+
+class _NoQuery(BaseModel):
+    """An endpoint without query parameters: one given anyway is refused, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def _unknown_expense(expense_id: str) -> ApiError:
+    return ApiError(
+        404, "unknown_expense", f"There is no expense with id {expense_id!r}.", {"expense_id": expense_id}
+    )
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
@@ -428,9 +587,10 @@ def create_app(
     registry: ToolRegistry | None = None,
     clock: Callable[[], datetime] = utc_now,
 ) -> Starlette:
-    """The tool service. The schema and demo data are created at startup (the ASGI lifespan).
+    """The tool service. The schema, demo data and the default routing policy are created at
+    startup (the ASGI lifespan).
 
-    `registry` defaults to the generic agent's tools; `clock` is the service clock (leases,
+    `registry` defaults to every tool (default_registry); `clock` is the service clock (leases,
     timestamps). `app.state.engine` and `app.state.store` expose the database for inspection.
     """
     settings = settings or get_tools_settings()
@@ -457,6 +617,12 @@ def create_app(
             Route("/notifications", service.get_notifications, methods=["GET"]),
             Route("/approval-tickets", service.get_approval_tickets, methods=["GET"]),
             Route("/approval-tickets/{ticket_id}", service.get_approval_ticket_by_id, methods=["GET"]),
+            Route("/expenses", service.submit_expense, methods=["POST"]),
+            Route("/expenses", service.get_expenses, methods=["GET"]),
+            Route("/expenses/{expense_id}", service.get_expense_by_id, methods=["GET"]),
+            Route("/expenses/{expense_id}/receipt", service.get_expense_receipt, methods=["GET"]),
+            Route("/ledger", service.get_ledger, methods=["GET"]),
+            Route("/ledger/balance", service.get_ledger_balance, methods=["GET"]),
         ],
         exception_handlers={
             ApiError: _api_error,

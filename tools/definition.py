@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 
 class ToolArgs(BaseModel):
@@ -46,6 +46,26 @@ class ToolError(Exception):
         self.details = details
 
 
+class ToolFailure(Exception):
+    """A technical failure (a missing OCR engine, a broken policy table): answered 500 and NOT
+    stored under the Idempotency-Key, so the caller's retry runs the tool again once it is fixed.
+
+    Unlike an unexpected exception, its message is meant for people (it says what to fix), so the
+    API shows it instead of a generic "failed unexpectedly".
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def derive_id(prefix: str, idempotency_key: str) -> str:
+    """`{prefix}-` + 12 hex of sha256(key): the id of the row the request with that key creates."""
+    digest = hashlib.sha256(idempotency_key.encode("utf-8")).hexdigest()
+    return f"{prefix}-{digest[:12]}"
+
+
 @dataclass(frozen=True)
 class ToolCall:
     """One execution of a tool: the transaction to work in and what identifies the request."""
@@ -54,13 +74,14 @@ class ToolCall:
     idempotency_key: str
     # The service clock at execution, so a tool's timestamps come from one place.
     now: datetime
+    # What the tool's `prepare` produced before this transaction began (None for other tools).
+    prepared: object = None
 
     def derived_id(self, prefix: str) -> str:
         """An id for the row this call creates, derived from the Idempotency-Key, never random:
         a re-execution (after a crash before commit) creates the very same id, and the database
         refuses a second row with it."""
-        digest = hashlib.sha256(self.idempotency_key.encode("utf-8")).hexdigest()
-        return f"{prefix}-{digest[:12]}"
+        return derive_id(prefix, self.idempotency_key)
 
 
 @dataclass(frozen=True)
@@ -74,3 +95,8 @@ class Tool(Generic[ArgsT, ResultT]):
     args_model: type[ArgsT]
     result_model: type[ResultT]
     run: Callable[[ToolCall, ArgsT], ResultT]
+    # Optional slow, read-only work (OCR) done in a worker thread after the key is claimed and
+    # before the transaction begins, reading what it needs in its own short transaction: holding
+    # the completion transaction open for seconds would stall every other writer (SQLite's write
+    # lock is global). It never decides the answer; `run` does, from `call.prepared`.
+    prepare: Callable[[sessionmaker[Session], ArgsT], object] | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from tools import approvals, notifications, tickets, users
+from tools import approvals, expenses, ledger, notifications, routing, tickets, users
 from tools.definition import Tool
 
 
@@ -46,5 +46,15 @@ class ToolRegistry:
 
 
 def default_registry() -> ToolRegistry:
-    """The generic agent's tools, and the approval gate's."""
-    return ToolRegistry([*users.TOOLS, *tickets.TOOLS, *notifications.TOOLS, *approvals.TOOLS])
+    """The generic agent's tools, the approval gate's, and the expense agent's."""
+    return ToolRegistry(
+        [
+            *users.TOOLS,
+            *tickets.TOOLS,
+            *notifications.TOOLS,
+            *approvals.TOOLS,
+            *expenses.TOOLS,
+            *routing.TOOLS,
+            *ledger.TOOLS,
+        ]
+    )

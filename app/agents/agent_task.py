@@ -9,18 +9,25 @@ resumes at the exact step and never repeats a finished call.
 
 from __future__ import annotations
 
-from datetime import timedelta
 from functools import lru_cache
 
 from pydantic import BaseModel, ConfigDict, Field
-from restate import ObjectContext, ObjectSharedContext, TerminalError, VirtualObject
+from restate import ObjectContext, ObjectSharedContext, TerminalError
 from restate.serde import BytesSerde
 
 from app.approvals.gate import decide_at_gate
 from app.approvals.models import ApprovalRequest, DecideInput, GateReply
 from app.approvals.waiting import GATE_TOOLS
-from app.engine import READ_RUN_OPTIONS, AgentEngine, Next, StepContext, TaskError, TaskView, parse_input
-from app.engine import invocation_retry_policy as _invocation_retry_policy
+from app.engine import (
+    READ_RUN_OPTIONS,
+    AgentEngine,
+    Next,
+    StepContext,
+    TaskError,
+    TaskView,
+    agent_object,
+    parse_input,
+)
 from app.llm import build_model
 from app.llm.port import (
     Analysis,
@@ -193,23 +200,8 @@ ENGINE = AgentEngine(
 )
 
 
-def _inactivity_timeout() -> timedelta | None:
-    seconds = get_settings().inactivity_timeout_seconds
-    # 0 defers to the server's setting: the always-replay test mode sets it to 0s there.
-    return timedelta(seconds=seconds) if seconds > 0 else None
-
-
-agent_task = VirtualObject(
-    "AgentTask",
-    description="The generic agent: fetch context, analyze, plan, execute idempotent tools, verify.",
-    # Suspend idle invocations soon (a task parked at a gate holds no worker memory), but give a
-    # step in flight until the abort timeout, longer than the slowest LLM call, to finish.
-    inactivity_timeout=_inactivity_timeout(),
-    abort_timeout=timedelta(seconds=get_settings().llm_timeout_seconds + 60),
-    # Restate keeps a journal no longer than the invocation's result, so both get the same retention.
-    journal_retention=timedelta(days=get_settings().journal_retention_days),
-    idempotency_retention=timedelta(days=get_settings().journal_retention_days),
-    invocation_retry_policy=_invocation_retry_policy(),
+agent_task = agent_object(
+    "AgentTask", "The generic agent: fetch context, analyze, plan, execute idempotent tools, verify."
 )
 
 

@@ -22,6 +22,7 @@ class ApprovalRequest(BaseModel):
     summary: str
     details: dict[str, Any]
     approvers: list[str] | None = None  # None: the approvers from settings
+    escalation_approver: str | None = None  # None: the escalation approver from settings
 
 
 def approval_hash(summary: str, details: dict[str, Any]) -> str:

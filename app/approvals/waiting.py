@@ -49,14 +49,17 @@ class GateStep(Protocol):
     async def call_tool(self, name: str, args: dict[str, Any]) -> ToolResult: ...
 
 
-def read_gate_policy(approvers: list[str] | None) -> GatePolicy:
-    """Settings as they are now; journaled, so a restart with other settings never changes a gate."""
+def read_gate_policy(approvers: list[str] | None, escalation_approver: str | None) -> GatePolicy:
+    """Settings as they are now; journaled, so a restart with other settings never changes a gate.
+
+    The agent's own approvers (e.g. from expense routing) win over the settings' defaults.
+    """
     settings = get_settings()
     return GatePolicy(
         timeout_seconds=settings.approval_timeout_seconds,
         reminder_before_seconds=settings.approval_reminder_before_seconds,
-        approvers=approvers or settings.approvers,
-        escalation_approver=settings.approval_escalation_approver,
+        approvers=list(dict.fromkeys(approvers or settings.approvers)),
+        escalation_approver=escalation_approver or settings.approval_escalation_approver,
     )
 
 
@@ -74,6 +77,7 @@ async def await_gate(
         read_gate_policy,
         RunOptions(type_hint=GatePolicy),
         approvers=request.approvers,
+        escalation_approver=request.escalation_approver,
     )
     now = await ctx.time()
     awakeable_id, decided = ctx.awakeable(type_hint=Decision)

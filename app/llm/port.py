@@ -6,7 +6,7 @@ depends on a provider's response format and the journal stays small.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -88,6 +88,26 @@ class Verification(_Wire):
     reason: str = Field(description="Why the task is or is not accomplished.")
 
 
+ExpenseCategory = Literal["travel", "meals", "lodging", "software", "office_supplies", "training", "other"]
+EXPENSE_CATEGORIES: tuple[str, ...] = get_args(ExpenseCategory)
+
+
+class ClassifyInput(_Wire):
+    """An expense to classify: the claim and what the receipt says (OCR)."""
+
+    merchant: str
+    description: str
+    amount: str
+    currency: str
+    receipt_merchant: str | None = None
+
+
+class Classification(_Wire):
+    category: ExpenseCategory = Field(description="The spend category, from the fixed list.")
+    confidence: float = Field(ge=0.0, le=1.0, description="How sure the classification is, 0 to 1.")
+    rationale: str = Field(description="One sentence: why this category.")
+
+
 class LanguageModel(Protocol):
     """What the agents need from a model; `AnthropicModel` and `OfflineModel` implement it.
 
@@ -106,3 +126,5 @@ class LanguageModel(Protocol):
     async def plan(self, request: PlanInput) -> Plan: ...
 
     async def verify(self, request: VerifyInput) -> Verification: ...
+
+    async def classify(self, request: ClassifyInput) -> Classification: ...

@@ -67,10 +67,11 @@ from urllib.parse import parse_qs, urlsplit
 # The tools AnthropicModel forces (`app.llm.anthropic_model`); repeated here so the fake starts
 # without importing the SDK (tests/llm/test_fake_api.py checks they agree).
 ANALYZE_TOOL = "submit_analysis"
+CLASSIFY_TOOL = "submit_classification"
 PLAN_TOOL = "submit_plan"
 VERIFY_TOOL = "submit_verification"
 
-__all__ = ["ANALYZE_TOOL", "PLAN_TOOL", "VERIFY_TOOL", "FakeAnthropicAPI", "main"]
+__all__ = ["ANALYZE_TOOL", "CLASSIFY_TOOL", "PLAN_TOOL", "VERIFY_TOOL", "FakeAnthropicAPI", "main"]
 
 ERROR_TYPES: dict[int, str] = {
     400: "invalid_request_error",
@@ -235,6 +236,11 @@ def _default_input(tool: str | None, body: dict[str, Any]) -> dict[str, Any]:
         if all(isinstance(call, dict) and call.get("result") for call in results):
             return {"success": True, "reason": f"All {len(results)} calls returned a result."}
         return {"success": False, "reason": "A call returned no result."}
+    if tool == CLASSIFY_TOOL:
+        expense = sections.get("expense")
+        description = str(expense.get("description", "")) if isinstance(expense, dict) else ""
+        category = "lodging" if "hotel" in description.lower() else "other"
+        return {"category": category, "confidence": 0.9, "rationale": "The fake reads the description."}
     return {}
 
 

@@ -19,18 +19,20 @@ def start(stack: Stack, task_id: str, task: str, user_id: str = "u-1") -> str:
     return stack.send("AgentTask", task_id, "run", {"user_id": user_id, "task": task})
 
 
-def wait_parked(stack: Stack, task_id: str, timeout: float = 60.0) -> dict[str, Any]:
+def wait_parked(
+    stack: Stack, task_id: str, timeout: float = 60.0, agent: str = "AgentTask"
+) -> dict[str, Any]:
     """Wait until the task waits at its gate with the approval requested (ticket open)."""
     seen: dict[str, Any] = {}
 
     def parked() -> bool:
-        seen.update(stack.status("AgentTask", task_id))
+        seen.update(stack.status(agent, task_id))
         if seen["state"] in END:
             raise AssertionError(f"the task ended instead of waiting: {seen}")
         pending = seen.get("pending_approval")
         return seen["state"] == "WAIT_APPROVAL" and bool(pending and pending["approval_ticket_id"])
 
-    wait_until(parked, timeout=timeout, interval=0.1, what=f"AgentTask/{task_id} to wait for approval")
+    wait_until(parked, timeout=timeout, interval=0.1, what=f"{agent}/{task_id} to wait for approval")
     return seen
 
 

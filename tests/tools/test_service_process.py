@@ -1,7 +1,9 @@
-"""`python -m tools` as a real process: a request in flight, its duplicate, its replay, SIGTERM."""
+"""`python -m tools` as a real process: a request in flight, its duplicate, its replay, SIGTERM;
+and `python -m tools.seed` against it."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -107,3 +109,74 @@ def test_the_service_process_serves_idempotently_and_stops_on_sigterm(tmp_path):
         if process.poll() is None:
             process.kill()
             process.wait(timeout=10)
+
+
+def test_the_seed_command_submits_the_demo_expenses_through_the_running_service(tmp_path):
+    port = _free_port()
+    env = {
+        **os.environ,
+        "TOOLS_HOST": "127.0.0.1",
+        "TOOLS_PORT": str(port),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'tools.db'}",
+    }
+    url = f"http://127.0.0.1:{port}"
+    with (tmp_path / "tools.log").open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tools"], cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        with httpx.Client(base_url=url, timeout=10) as http:
+            _wait_until(lambda: _healthy(http), STARTUP_DEADLINE_SECONDS, "/health", process)
+
+            runs = [
+                subprocess.run(
+                    [sys.executable, "-m", "tools.seed", "--url", url],
+                    cwd=PROJECT_ROOT,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=False,
+                )
+                for _ in range(2)
+            ]
+
+            assert [run.returncode for run in runs] == [0, 0], [run.stderr for run in runs]
+            lines = [json.loads(line) for line in runs[0].stdout.splitlines()]
+            assert [(line["label"], line["amount"], line["merchant"]) for line in lines] == [
+                ("small-lunch", "18.50", "Blue Bottle Cafe"),
+                ("hotel-stay", "420.00", "Hilton Garden Inn"),
+                ("conference-flight", "980.00", "Lufthansa"),
+                ("mismatch-taxi", "94.20", "Yellow Cab Co"),
+            ]
+            assert all(set(line) == {"expense_id", "label", "amount", "merchant"} for line in lines)
+            # Seeding again replays the same submissions: same ids, nothing new.
+            assert runs[1].stdout == runs[0].stdout
+            stored = http.get("/expenses").json()["expenses"]
+            assert sorted(expense["expense_id"] for expense in stored) == sorted(
+                line["expense_id"] for line in lines
+            )
+            receipt = http.get(stored[0]["receipt_url"])
+            assert receipt.headers["content-type"] == "image/png"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
+
+
+def test_the_seed_command_reports_an_unreachable_service(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "tools.seed", "--url", f"http://127.0.0.1:{_free_port()}", "--timeout", "2"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert run.returncode == 1
+    assert run.stdout == ""
+    assert "seeding http://127.0.0.1:" in run.stderr and "failed" in run.stderr

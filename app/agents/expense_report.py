@@ -1,0 +1,326 @@
+"""`ExpenseReport`: the article's expense approval agent, a declared machine in a virtual object.
+
+FETCH the expense record, VERIFY the receipt with OCR against the claim, CLASSIFY the spend with
+the model, ROUTE to the approver the routing policy names, WAIT_APPROVAL (human gate), RECORD one
+ledger posting, COMPLETE. Declared outcomes:
+
+* a receipt that cannot be read, or whose total or date disagrees with the claim, fails the report
+  at VERIFY (`receipt_unreadable`, `receipt_mismatch`): nothing is classified, routed or posted;
+* ROUTE -> RECORD skips the human only under the auto-approval policy: a small amount, a low-risk
+  category and a confident classification (thresholds in settings, read once and journaled). The
+  model never approves anything: content in the expense can change a category, not the policy;
+* a rejected or expired approval fails the report; nothing is posted.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from restate import ObjectContext, ObjectSharedContext
+from restate.serde import BytesSerde
+
+from app.approvals.gate import decide_at_gate
+from app.approvals.models import ApprovalRequest, DecideInput, GateReply
+from app.engine import AgentEngine, Next, StepContext, TaskError, TaskView, agent_object, parse_input
+from app.llm import build_model
+from app.llm.port import Classification, ClassifyInput, LanguageModel
+from app.machine import Gate, Machine
+from app.settings import get_settings
+
+EXPENSE_REPORT = Machine.declare(
+    "ExpenseReport",
+    initial="FETCH",
+    transitions={
+        "FETCH": ["VERIFY", "FAILED"],
+        "VERIFY": ["CLASSIFY", "FAILED"],
+        "CLASSIFY": ["ROUTE", "FAILED"],
+        "ROUTE": ["WAIT_APPROVAL", "RECORD", "FAILED"],
+        "WAIT_APPROVAL": ["RECORD", "FAILED"],
+        "RECORD": ["COMPLETE", "FAILED"],
+    },
+    terminal=["COMPLETE", "FAILED"],
+    failure="FAILED",
+    gates={"WAIT_APPROVAL": Gate(approve="RECORD", reject="FAILED", timeout="FAILED")},
+    descriptions={
+        "FETCH": "tool: expense record",
+        "VERIFY": "tool: OCR vs claim",
+        "CLASSIFY": "LLM: category, confidence",
+        "ROUTE": "tool: approver; auto-approval policy",
+        "RECORD": "tool: one ledger posting",
+    },
+)
+
+
+class RunExpenseReport(BaseModel):
+    """The `run` handler's input (design.md)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    expense_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+
+
+class ExpenseClaim(BaseModel):
+    """The expense as submitted (the tool service's `get_expense`)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    expense_id: str
+    employee_id: str
+    amount: str
+    currency: str
+    date: str
+    merchant: str
+    description: str
+
+
+class ReceiptCheck(BaseModel):
+    """What OCR read and how it compares with the claim."""
+
+    readable: bool
+    merchant: str | None
+    date: str | None
+    total: str | None
+    consistent: bool
+    total_matches: bool
+    date_matches: bool | None  # None: no date could be read
+    problems: list[str] = Field(default_factory=list)
+
+
+class Routing(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    approvers: list[str]
+    escalation_approver: str | None = None
+    rule: str
+
+
+class ExpensePolicy(BaseModel):
+    """The auto-approval policy and the receipt tolerance, read from settings once and journaled."""
+
+    total_tolerance: str
+    auto_approve_max_amount: str
+    auto_approve_categories: list[str]
+    auto_approve_min_confidence: float
+
+
+class Posting(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    posting_id: str
+    lines: list[dict[str, str]]
+    already_posted: bool = False
+
+
+class ExpenseData(BaseModel):
+    expense_id: str
+    expense: ExpenseClaim | None = None
+    receipt: ReceiptCheck | None = None
+    classification: Classification | None = None
+    routing: Routing | None = None
+    policy: ExpensePolicy | None = None
+    approval: Literal["auto", "human"] | None = None
+    posting: Posting | None = None
+
+
+@lru_cache(maxsize=1)
+def _model() -> LanguageModel:
+    return build_model(get_settings())
+
+
+async def read_expense_policy() -> ExpensePolicy:
+    settings = get_settings()
+    return ExpensePolicy(
+        total_tolerance=str(settings.expense_total_tolerance),
+        auto_approve_max_amount=str(settings.auto_approve_max_amount),
+        auto_approve_categories=settings.auto_approve_categories,
+        auto_approve_min_confidence=settings.auto_approve_min_confidence,
+    )
+
+
+def _decimal(value: str | None) -> Decimal | None:
+    try:
+        return Decimal(value) if value is not None else None
+    except InvalidOperation:
+        return None
+
+
+def compare_receipt(claim: ExpenseClaim, reading: dict[str, object], tolerance: Decimal) -> ReceiptCheck:
+    """Pure: the OCR reading against the claim (total within the tolerance, same date if read)."""
+    total = _decimal(str(reading["total"])) if reading.get("total") is not None else None
+    claimed = Decimal(claim.amount)
+    read_date = str(reading["date"]) if reading.get("date") else None
+    problems: list[str] = []
+    readable = bool(reading.get("readable")) and total is not None
+    total_matches = total is not None and abs(total - claimed) <= tolerance
+    date_matches = None if read_date is None else read_date == claim.date
+    if not readable:
+        problems.append("the receipt could not be read (no merchant or total found)")
+    elif not total_matches:
+        problems.append(f"the receipt total {total} does not match the claimed {claimed} {claim.currency}")
+    if date_matches is False:
+        problems.append(f"the receipt date {read_date} does not match the claimed date {claim.date}")
+    return ReceiptCheck(
+        readable=readable,
+        merchant=str(reading["merchant"]) if reading.get("merchant") else None,
+        date=read_date,
+        total=str(total) if total is not None else None,
+        consistent=bool(reading.get("consistent")),
+        total_matches=total_matches,
+        date_matches=date_matches,
+        problems=problems,
+    )
+
+
+async def fetch(step: StepContext[ExpenseData]) -> Next:
+    found = await step.call_tool("get_expense", {"expense_id": step.data.expense_id})
+    step.data.expense = ExpenseClaim.model_validate(found.result)
+    claim = step.data.expense
+    return Next(target="VERIFY", note=f"{claim.amount} {claim.currency} at {claim.merchant}")
+
+
+async def verify(step: StepContext[ExpenseData]) -> Next:
+    assert step.data.expense is not None
+    step.data.policy = await step.run("expense policy", read_expense_policy, ExpensePolicy)
+    reading = await step.call_tool("ocr_receipt", {"expense_id": step.data.expense_id})
+    check = compare_receipt(step.data.expense, reading.result, Decimal(step.data.policy.total_tolerance))
+    step.data.receipt = check
+    if check.problems:
+        code = "receipt_unreadable" if not check.readable else "receipt_mismatch"
+        return Next(
+            target="FAILED", error=TaskError(state="VERIFY", code=code, message="; ".join(check.problems))
+        )
+    return Next(target="CLASSIFY", note=f"receipt total {check.total} matches")
+
+
+async def classify(step: StepContext[ExpenseData]) -> Next:
+    claim = step.data.expense
+    assert claim is not None and step.data.receipt is not None
+    request = ClassifyInput(
+        merchant=claim.merchant,
+        description=claim.description,
+        amount=claim.amount,
+        currency=claim.currency,
+        receipt_merchant=step.data.receipt.merchant,
+    )
+    step.data.classification = await step.run("llm classify", _model().classify, Classification, request)
+    found = step.data.classification
+    return Next(target="ROUTE", note=f"{found.category} ({found.confidence:.2f})")
+
+
+def auto_approvable(claim: ExpenseClaim, found: Classification, policy: ExpensePolicy) -> bool:
+    """Pure: the only way around the human gate, decided by numbers the model cannot change."""
+    return (
+        Decimal(claim.amount) <= Decimal(policy.auto_approve_max_amount)
+        and found.category in policy.auto_approve_categories
+        and found.confidence >= policy.auto_approve_min_confidence
+    )
+
+
+async def route(step: StepContext[ExpenseData]) -> Next:
+    claim, found, policy = step.data.expense, step.data.classification, step.data.policy
+    assert claim is not None and found is not None and policy is not None
+    routed = await step.call_tool(
+        "route_expense",
+        {
+            "expense_id": claim.expense_id,
+            "category": found.category,
+            "amount": claim.amount,
+            "currency": claim.currency,
+        },
+    )
+    step.data.routing = Routing.model_validate(routed.result)
+    if auto_approvable(claim, found, policy):
+        step.data.approval = "auto"
+        return Next(target="RECORD", note="auto-approved by policy")
+    step.data.approval = "human"
+    return Next(target="WAIT_APPROVAL", note=f"to {', '.join(step.data.routing.approvers)}")
+
+
+def approval_of_expense(step: StepContext[ExpenseData]) -> ApprovalRequest:
+    """What the approver sees and approves: the claim, the receipt check, the category."""
+    claim, found, routing = step.data.expense, step.data.classification, step.data.routing
+    assert claim is not None and found is not None and routing is not None and step.data.receipt is not None
+    return ApprovalRequest(
+        summary=(
+            f"Expense {claim.expense_id} by {claim.employee_id}: {claim.amount} {claim.currency} at "
+            f"{claim.merchant} on {claim.date}, {found.category} (confidence {found.confidence:.2f})."
+        ),
+        details={
+            "expense": claim.model_dump(mode="json"),
+            "receipt": step.data.receipt.model_dump(mode="json"),
+            "classification": found.model_dump(mode="json"),
+            "routing_rule": routing.rule,
+        },
+        approvers=routing.approvers,
+        escalation_approver=routing.escalation_approver,
+    )
+
+
+async def record(step: StepContext[ExpenseData]) -> Next:
+    claim, found = step.data.expense, step.data.classification
+    assert claim is not None and found is not None
+    approved_by = "policy:auto-approval"
+    if step.data.approval == "human":
+        decided = step.approvals[-1] if step.approvals else None
+        approved_by = decided.approver if decided and decided.approver else "unknown"
+    posted = await step.call_tool(
+        "record_expense",
+        {
+            "expense_id": claim.expense_id,
+            "category": found.category,
+            "amount": claim.amount,
+            "currency": claim.currency,
+            "approved_by": approved_by,
+            "approval": step.data.approval or "human",
+        },
+    )
+    step.data.posting = Posting.model_validate(posted.result)
+    return Next(
+        target="COMPLETE",
+        note=f"posted {step.data.posting.posting_id}",
+        result={
+            "posting_id": step.data.posting.posting_id,
+            "category": found.category,
+            "amount": claim.amount,
+            "currency": claim.currency,
+            "approved_by": approved_by,
+            "approval": step.data.approval,
+        },
+    )
+
+
+ENGINE = AgentEngine(
+    EXPENSE_REPORT,
+    ExpenseData,
+    {"FETCH": fetch, "VERIFY": verify, "CLASSIFY": classify, "ROUTE": route, "RECORD": record},
+    approvals={"WAIT_APPROVAL": approval_of_expense},
+)
+
+
+expense_report = agent_object(
+    "ExpenseReport", "The expense approval agent: fetch, verify (OCR), classify, route, approve, record."
+)
+
+
+@expense_report.handler(input_serde=BytesSerde())
+async def run(ctx: ObjectContext, raw: bytes) -> TaskView:
+    """Start (or resume) the report keyed by this object and drive it to COMPLETE or FAILED."""
+    request = parse_input(raw, RunExpenseReport)
+    return await ENGINE.start_or_resume(
+        ctx, request, ExpenseData(expense_id=request.expense_id), _model().name
+    )
+
+
+@expense_report.handler(kind="shared")
+async def status(ctx: ObjectSharedContext) -> TaskView:
+    """Where the report is now, its history, its approval and how it ended."""
+    return await ENGINE.status(ctx)
+
+
+@expense_report.handler(kind="shared", input_serde=BytesSerde())
+async def decide(ctx: ObjectSharedContext, raw: bytes) -> GateReply:
+    """Approve or reject the waiting report; 409 if it is not waiting or the hash is stale."""
+    return await decide_at_gate(ctx, EXPENSE_REPORT.name, parse_input(raw, DecideInput))
