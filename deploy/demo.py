@@ -16,10 +16,10 @@ import uuid
 from typing import Any
 
 import httpx
-from tools.seed import seed_expenses
 
 from app.settings import DEV_WEBHOOK_SECRET
 from deploy.local import ROOT, Stack, StackError, running_stack, wait_until
+from tools.seed import seed_expenses
 
 DEMO_DIR = ROOT / "var/demo"
 END = {"COMPLETE", "FAILED"}
