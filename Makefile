@@ -27,6 +27,15 @@ define apt_install
 	else echo "missing Debian packages; run: sudo apt-get install$$missing" >&2; exit 1; fi
 endef
 
+$(PY_STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+$(NPM_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
 runtime-deps:
 	$(call apt_install,$(RUNTIME_APT))
 
@@ -55,6 +64,7 @@ demo: install
 	$(BIN)/python -m deploy.demo
 
 diagram: $(PY_STAMP)
+	@$(BIN)/python -m app diagram ExpenseReport
 	@$(BIN)/python -m app diagram AgentTask
 
 clean:
