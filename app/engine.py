@@ -8,6 +8,7 @@ Agents supply only their machine, their data model and one step function per non
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -22,6 +23,7 @@ from restate import ObjectContext, ObjectSharedContext, RunOptions, TerminalErro
 from app import tool_client
 from app.approvals.models import ApprovalRecord, ApprovalRequest, PendingApproval
 from app.approvals.waiting import await_gate
+from app.events import GENESIS, Appended, Event, new_event, store_for
 from app.machine import IllegalTransition, Machine, transition
 from app.settings import get_settings
 from app.tool_client import ToolResult
@@ -86,6 +88,9 @@ class TaskRecord(BaseModel, Generic[D]):
     error: TaskError | None = None
     pending_approval: PendingApproval | None = None
     approvals: list[ApprovalRecord] = Field(default_factory=list)
+    # The head of the task's chain in the event log: its last event's seq and hash.
+    event_seq: int = 0
+    last_event_hash: str = GENESIS
 
 
 class TransitionView(BaseModel):
@@ -329,6 +334,14 @@ class AgentEngine(Generic[D]):
                 history=[Transition(from_state=None, to_state=self.machine.initial, at=now, note="created")],
                 data=initial_data,
             )
+            record = await self._log(
+                ctx,
+                record,
+                "created",
+                None,
+                now,
+                {"input": payload.model_dump(mode="json"), "model": model_name},
+            )
             ctx.set(TASK_KEY, record)
         elif record.input_hash != digest:
             raise TerminalError(
@@ -341,9 +354,10 @@ class AgentEngine(Generic[D]):
     async def drive(self, ctx: ObjectContext, record: TaskRecord[D]) -> TaskRecord[D]:
         """Run step after step until a terminal state, persisting the record at every transition."""
         while not self.machine.is_terminal(record.state):
+            before = record.data.model_dump(mode="json")
             step = StepContext(ctx, record)
             decision, record = await self._run_step(ctx, record, step)
-            record = await self._apply(ctx, record, step, decision)
+            record = await self._apply(ctx, record, step, decision, before)
         return record
 
     async def _run_step(
@@ -392,7 +406,12 @@ class AgentEngine(Generic[D]):
         return Next(target=target, note="approval timed out", error=error), current
 
     async def _apply(
-        self, ctx: ObjectContext, record: TaskRecord[D], step: StepContext[D], decision: Next
+        self,
+        ctx: ObjectContext,
+        record: TaskRecord[D],
+        step: StepContext[D],
+        decision: Next,
+        before: dict[str, Any],
     ) -> TaskRecord[D]:
         try:
             target = transition(self.machine, record.state, decision.target)
@@ -418,14 +437,61 @@ class AgentEngine(Generic[D]):
                 "error": decision.error if decision.error is not None else record.error,
             }
         )
+        after = updated.data.model_dump(mode="json")
+        produced = {field: value for field, value in after.items() if before.get(field) != value}
+        payload: dict[str, Any] = {
+            "note": decision.note,
+            "produced": produced,
+            "result": decision.result,
+            "error": decision.error.model_dump() if decision.error else None,
+        }
+        if self.machine.is_gate(record.state) and len(updated.approvals) > len(record.approvals):
+            payload["approval"] = updated.approvals[-1].model_dump(mode="json")
+        updated = await self._log(ctx, updated, "transition", record.state, now, payload)
         ctx.set(TASK_KEY, updated)
         return updated
+
+    async def _log(
+        self,
+        ctx: ObjectContext,
+        record: TaskRecord[D],
+        kind: str,
+        from_state: str | None,
+        at: float,
+        payload: dict[str, Any],
+    ) -> TaskRecord[D]:
+        """Append the event for the record's new state to the log (a journaled step), chain it."""
+        item = new_event(
+            agent=record.agent,
+            task_id=record.task_id,
+            seq=record.event_seq + 1,
+            kind=kind,
+            from_state=from_state,
+            to_state=record.state,
+            at=at,
+            payload=payload,
+            prev_hash=record.last_event_hash,
+        )
+        every = get_settings().event_snapshot_every
+        snapshot = None
+        if item.seq % every == 0 or self.machine.is_terminal(record.state):
+            snapshot = view_of(record, self.machine).model_dump(mode="json")
+        await ctx.run_typed(
+            f"event {item.seq} {record.state}", append_event, RunOptions(type_hint=Appended), item, snapshot
+        )
+        return record.model_copy(update={"event_seq": item.seq, "last_event_hash": item.hash})
 
     async def status(self, ctx: ObjectSharedContext) -> TaskView:
         record = await self.load(ctx)
         if record is None:
             raise TerminalError(f"no {self.machine.name} task {ctx.key()}", status_code=404)
         return view_of(record, self.machine)
+
+
+async def append_event(item: Event, snapshot: dict[str, Any] | None) -> Appended:
+    """Write one event (and snapshot) to the event log; runs only inside `ctx.run_typed`."""
+    store = store_for(get_settings().database_url)
+    return await asyncio.to_thread(store.append, item, snapshot)
 
 
 def agent_object(name: str, description: str) -> restate.VirtualObject:

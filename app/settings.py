@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     # step in flight is not cut short: it may finish within the abort timeout, which therefore
     # outlasts the slowest LLM call. 0 defers to the server's own setting (always-replay tests: 0s).
     inactivity_timeout_seconds: float = Field(60.0, alias="AGENT_INACTIVITY_TIMEOUT_SECONDS", ge=0)
+    # The event log writes a snapshot of the task's view every N events (and at the end).
+    event_snapshot_every: int = Field(10, alias="EVENT_SNAPSHOT_EVERY", gt=0)
     journal_retention_days: float = Field(7.0, alias="AGENT_JOURNAL_RETENTION_DAYS", gt=0)
 
     # Approval gates. A reminder goes out this long before the deadline (0 or >= the timeout: none),

@@ -36,6 +36,17 @@ def wait_parked(
     return seen
 
 
+def assert_one_event_per_transition(stack: Stack, agent: str, task_id: str, view: dict[str, Any]) -> None:
+    """The event log holds exactly the task's history: no duplicate, no gap, a valid chain."""
+    from app.events import GENESIS, store_for, verify_chain
+
+    events = store_for(stack.database_url).events(agent, task_id)
+    assert [e.seq for e in events] == list(range(1, len(view["history"]) + 1))
+    assert [e.to_state for e in events] == [entry["to_state"] for entry in view["history"]]
+    assert [e.kind for e in events] == ["created"] + ["transition"] * (len(events) - 1)
+    assert verify_chain(agent, task_id, events, 1, GENESIS) is None
+
+
 def run_approved(
     stack: Stack, task_id: str, task: str, user_id: str = "u-1", approver: str = "ops-lead"
 ) -> dict[str, Any]:

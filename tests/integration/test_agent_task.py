@@ -7,7 +7,15 @@ from typing import Any
 import httpx
 
 from deploy.local import Stack
-from tests.integration.flows import END, HAPPY_PATH, new_task_id, run_approved, start, wait_parked
+from tests.integration.flows import (
+    END,
+    HAPPY_PATH,
+    assert_one_event_per_transition,
+    new_task_id,
+    run_approved,
+    start,
+    wait_parked,
+)
 
 
 def tickets(stack: Stack) -> list[dict[str, Any]]:
@@ -33,6 +41,7 @@ def test_task_reaches_complete_through_the_ingress(any_stack: Stack) -> None:
     assert [call["tool"] for call in executed] == ["create_ticket"]
     assert executed[0]["idempotency_key"] == f"AgentTask:{task_id}:EXECUTE.1:0"
 
+    assert_one_event_per_transition(any_stack, "AgentTask", task_id, view)
     # status (shared) reports the same view, and the ticket exists exactly once.
     assert any_stack.status("AgentTask", task_id) == view
     ticket_id = executed[0]["result"]["ticket_id"]

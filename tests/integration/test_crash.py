@@ -16,7 +16,7 @@ import pytest
 from deploy.local import Stack, running_stack, wait_until
 from tests.fakes.anthropic_api import FakeAnthropicAPI
 from tests.integration.conftest import sqlite_url
-from tests.integration.flows import start, wait_parked
+from tests.integration.flows import assert_one_event_per_transition, start, wait_parked
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +86,8 @@ def test_sigkill_during_a_tool_call_resumes_without_repeating_anything(
     tickets = httpx.get(f"{crash_stack.tools_url}/tickets", timeout=5).json()
     tickets = tickets["tickets"] if isinstance(tickets, dict) else tickets
     assert [t["ticket_id"] for t in tickets].count(ticket_id) == 1
+    # The event log has one event per transition: the crash and the replay added none and lost none.
+    assert_one_event_per_transition(crash_stack, "AgentTask", task_id, view)
     # Every LLM step ran exactly once: ANALYZE and PLAN had finished before the crash and were
     # replayed from the journal, VERIFY ran once after the restart.
     assert llm_calls_for(fake_llm, marker) == {

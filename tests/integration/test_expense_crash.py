@@ -10,7 +10,7 @@ import pytest
 
 from deploy.local import ManagedProcess, Stack, running_stack, wait_until
 from tests.integration.conftest import sqlite_url
-from tests.integration.flows import END
+from tests.integration.flows import END, assert_one_event_per_transition
 from tests.integration.test_expense_report import postings, run_report, seeded
 
 
@@ -50,6 +50,7 @@ def crash_during_record(stack: Stack, victim: ManagedProcess) -> None:
     assert key_status(stack, key) == "done"
     [posting] = postings(stack, expense_id)
     assert posting["posting_id"] == view["result"]["posting_id"]
+    assert_one_event_per_transition(stack, "ExpenseReport", task_id, view)
 
 
 def test_agent_service_killed_during_record_posts_exactly_once(slow_stack: Stack) -> None:

@@ -1,0 +1,439 @@
+"""The immutable event log: one append-only, hash-chained row per task transition.
+
+Restate's journal is purged after its retention; this log is the audit record that outlives it.
+The engine appends each event inside a journaled step with a deterministic event id (task + seq)
+under a unique constraint, so a replay or a retry writes nothing twice and never reorders: a
+second append of the same event finds it and checks its hash. Each event carries the hash of
+the previous event of its task, so an edited or deleted event breaks the chain and `verify`
+names the first broken link; on PostgreSQL a trigger also refuses UPDATE and DELETE outright.
+Every N events a snapshot of the task's view is written, so reading the latest state of a task
+never scans its history. Events hold what a step decided (the fields it produced, the outcome),
+never prompts, raw model exchanges or secrets.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import (
+    Engine,
+    Float,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    select,
+    text,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+GENESIS = "0" * 64
+
+
+class EventBase(DeclarativeBase):
+    pass
+
+
+class TaskEvent(EventBase):
+    __tablename__ = "task_events"
+    __table_args__ = (UniqueConstraint("agent", "task_id", "seq", name="uq_task_events_task_seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(400), unique=True)
+    agent: Mapped[str] = mapped_column(String(64), index=True)
+    task_id: Mapped[str] = mapped_column(String(300), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(32))
+    from_state: Mapped[str | None] = mapped_column(String(64))
+    to_state: Mapped[str] = mapped_column(String(64))
+    at: Mapped[float] = mapped_column(Float)
+    payload: Mapped[str] = mapped_column(Text)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class TaskSnapshot(EventBase):
+    """The task's view as of event `seq`: the starting point for reading a task's state."""
+
+    __tablename__ = "task_snapshots"
+    __table_args__ = (UniqueConstraint("agent", "task_id", "seq", name="uq_task_snapshots_task_seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    agent: Mapped[str] = mapped_column(String(64), index=True)
+    task_id: Mapped[str] = mapped_column(String(300), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(64))
+    view: Mapped[str] = mapped_column(Text)
+    event_hash: Mapped[str] = mapped_column(String(64))
+
+
+class ChainHead(EventBase):
+    """What archiving leaves behind for a task: the last archived event's seq and hash."""
+
+    __tablename__ = "task_chain_heads"
+
+    agent: Mapped[str] = mapped_column(String(64), primary_key=True)
+    task_id: Mapped[str] = mapped_column(String(300), primary_key=True)
+    archived_seq: Mapped[int] = mapped_column(Integer)
+    archived_hash: Mapped[str] = mapped_column(String(64))
+    archive_file: Mapped[str] = mapped_column(Text)
+
+
+class Event(BaseModel):
+    """One event as the engine builds it (in the handler, from journaled values only)."""
+
+    event_id: str
+    agent: str
+    task_id: str
+    seq: int
+    kind: str
+    from_state: str | None
+    to_state: str
+    at: float
+    payload: dict[str, Any]
+    prev_hash: str
+    hash: str = ""
+
+    def content(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"hash"})
+
+    def sealed(self) -> Event:
+        return self.model_copy(update={"hash": event_hash(self.content())})
+
+
+class Appended(BaseModel):
+    event_id: str
+    hash: str
+    replayed: bool
+
+
+def canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def event_hash(content: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical(content).encode()).hexdigest()
+
+
+def new_event(
+    *,
+    agent: str,
+    task_id: str,
+    seq: int,
+    kind: str,
+    from_state: str | None,
+    to_state: str,
+    at: float,
+    payload: dict[str, Any],
+    prev_hash: str,
+) -> Event:
+    return Event(
+        event_id=f"{agent}/{task_id}#{seq}",
+        agent=agent,
+        task_id=task_id,
+        seq=seq,
+        kind=kind,
+        from_state=from_state,
+        to_state=to_state,
+        at=at,
+        payload=payload,
+        prev_hash=prev_hash,
+    ).sealed()
+
+
+# --- the store ---------------------------------------------------------------------------------
+
+IMMUTABLE_TRIGGER = """
+CREATE OR REPLACE FUNCTION task_events_append_only() RETURNS trigger AS $$
+BEGIN
+    -- Only the archive command, which moves events into verified files, may delete.
+    IF TG_OP = 'DELETE' AND current_setting('agents.archiving', true) = 'on' THEN
+        RETURN OLD;
+    END IF;
+    RAISE EXCEPTION 'task_events is append-only: % refused', TG_OP;
+END;
+$$ LANGUAGE plpgsql;
+DROP TRIGGER IF EXISTS task_events_append_only ON task_events;
+CREATE TRIGGER task_events_append_only BEFORE UPDATE OR DELETE ON task_events
+    FOR EACH ROW EXECUTE FUNCTION task_events_append_only();
+"""
+
+
+def normalize_url(url: str) -> str:
+    if url.startswith("postgresql://"):
+        return "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    if url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.removeprefix("postgres://")
+    return url
+
+
+def make_engine(url: str) -> Engine:
+    url = normalize_url(url)
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(connection: Any, _: Any) -> None:
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=10000")
+            cursor.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def create_schema(engine: Engine) -> None:
+    EventBase.metadata.create_all(engine)
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as connection:
+            connection.execute(text(IMMUTABLE_TRIGGER))
+
+
+@dataclass
+class EventStore:
+    engine: Engine
+
+    def __post_init__(self) -> None:
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self.sessions() as session, session.begin():
+            yield session
+
+    def append(self, item: Event, snapshot: dict[str, Any] | None = None) -> Appended:
+        """Insert the event (and its snapshot); the same event again is a no-op, checked by hash."""
+        row = TaskEvent(
+            event_id=item.event_id,
+            agent=item.agent,
+            task_id=item.task_id,
+            seq=item.seq,
+            kind=item.kind,
+            from_state=item.from_state,
+            to_state=item.to_state,
+            at=item.at,
+            payload=canonical(item.payload),
+            prev_hash=item.prev_hash,
+            hash=item.hash,
+        )
+        try:
+            with self.session() as session:
+                session.add(row)
+                if snapshot is not None:
+                    session.add(
+                        TaskSnapshot(
+                            agent=item.agent,
+                            task_id=item.task_id,
+                            seq=item.seq,
+                            state=item.to_state,
+                            view=canonical(snapshot),
+                            event_hash=item.hash,
+                        )
+                    )
+            return Appended(event_id=item.event_id, hash=item.hash, replayed=False)
+        except IntegrityError:
+            with self.session() as session:
+                existing = session.scalar(select(TaskEvent).where(TaskEvent.event_id == item.event_id))
+            if existing is None or existing.hash != item.hash:
+                raise EventConflictError(
+                    f"event {item.event_id} exists with other content: the log refuses to change it"
+                ) from None
+            return Appended(event_id=item.event_id, hash=item.hash, replayed=True)
+
+    def events(self, agent: str, task_id: str) -> list[Event]:
+        with self.session() as session:
+            rows = session.scalars(
+                select(TaskEvent)
+                .where(TaskEvent.agent == agent, TaskEvent.task_id == task_id)
+                .order_by(TaskEvent.seq)
+            ).all()
+        return [_event_of(row) for row in rows]
+
+    def tasks(self) -> list[tuple[str, str]]:
+        with self.session() as session:
+            pairs = session.execute(select(TaskEvent.agent, TaskEvent.task_id).distinct()).all()
+            heads = session.execute(select(ChainHead.agent, ChainHead.task_id)).all()
+        return sorted({(a, t) for a, t in pairs} | {(a, t) for a, t in heads})
+
+    def latest_snapshot(self, agent: str, task_id: str, at_most: int | None = None) -> TaskSnapshot | None:
+        with self.session() as session:
+            query = select(TaskSnapshot).where(TaskSnapshot.agent == agent, TaskSnapshot.task_id == task_id)
+            if at_most is not None:
+                query = query.where(TaskSnapshot.seq <= at_most)
+            return session.scalar(query.order_by(TaskSnapshot.seq.desc()).limit(1))
+
+    def head(self, agent: str, task_id: str) -> ChainHead | None:
+        with self.session() as session:
+            return session.get(ChainHead, (agent, task_id))
+
+
+class EventConflictError(RuntimeError):
+    """An event id already holds different content: someone edited the log, or code diverged."""
+
+
+def _event_of(row: TaskEvent) -> Event:
+    return Event(
+        event_id=row.event_id,
+        agent=row.agent,
+        task_id=row.task_id,
+        seq=row.seq,
+        kind=row.kind,
+        from_state=row.from_state,
+        to_state=row.to_state,
+        at=row.at,
+        payload=json.loads(row.payload),
+        prev_hash=row.prev_hash,
+        hash=row.hash,
+    )
+
+
+@lru_cache(maxsize=4)
+def store_for(url: str) -> EventStore:
+    """One store (one engine and pool) per database URL per process; the schema is made once."""
+    engine = make_engine(url)
+    create_schema(engine)
+    return EventStore(engine)
+
+
+# --- verification ------------------------------------------------------------------------------
+
+
+class Broken(BaseModel):
+    """The first broken link of a task's chain."""
+
+    agent: str
+    task_id: str
+    seq: int
+    problem: str
+
+
+class VerifyReport(BaseModel):
+    tasks: int
+    events: int
+    broken: list[Broken]
+
+    @property
+    def ok(self) -> bool:
+        return not self.broken
+
+
+def verify_chain(
+    agent: str, task_id: str, events: Sequence[Event], start_seq: int = 1, start_hash: str = GENESIS
+) -> Broken | None:
+    """Walk one chain from (start_seq, start_hash): every hash recomputed, every link and seq checked."""
+    expected_seq, previous = start_seq, start_hash
+    for item in events:
+        if item.seq != expected_seq:
+            missing = "missing" if item.seq > expected_seq else "repeated"
+            return Broken(
+                agent=agent, task_id=task_id, seq=expected_seq, problem=f"event {expected_seq} {missing}"
+            )
+        if item.prev_hash != previous:
+            return Broken(agent=agent, task_id=task_id, seq=item.seq, problem="prev_hash does not link")
+        if event_hash(item.content()) != item.hash:
+            return Broken(
+                agent=agent, task_id=task_id, seq=item.seq, problem="content does not match its hash"
+            )
+        expected_seq, previous = item.seq + 1, item.hash
+    return None
+
+
+def verify_store(store: EventStore, archive_dir: Path | None = None) -> VerifyReport:
+    """Verify every task's chain: from the archive (when one exists) through the kept events."""
+    broken: list[Broken] = []
+    total = 0
+    tasks = store.tasks()
+    for agent, task_id in tasks:
+        kept = store.events(agent, task_id)
+        head = store.head(agent, task_id)
+        start_seq, start_hash = 1, GENESIS
+        if head is not None:
+            archived = read_archive(Path(head.archive_file), agent, task_id)
+            total += len(archived)
+            problem = verify_chain(agent, task_id, archived)
+            if problem is None and (not archived or archived[-1].hash != head.archived_hash):
+                problem = Broken(
+                    agent=agent, task_id=task_id, seq=head.archived_seq, problem="archive head differs"
+                )
+            if problem is not None:
+                broken.append(problem)
+                continue
+            start_seq, start_hash = head.archived_seq + 1, head.archived_hash
+        total += len(kept)
+        problem = verify_chain(agent, task_id, kept, start_seq, start_hash)
+        if problem is not None:
+            broken.append(problem)
+    return VerifyReport(tasks=len(tasks), events=total, broken=broken)
+
+
+# --- archiving ---------------------------------------------------------------------------------
+
+
+def read_archive(path: Path, agent: str, task_id: str) -> list[Event]:
+    items: list[Event] = []
+    with gzip.open(path, "rt", encoding="utf-8") as lines:
+        for line in lines:
+            item = Event.model_validate_json(line)
+            if item.agent == agent and item.task_id == task_id:
+                items.append(item)
+    return sorted(items, key=lambda e: e.seq)
+
+
+def archive_finished(
+    store: EventStore, terminal_states: dict[str, frozenset[str]], before: float, directory: Path
+) -> tuple[Path | None, int]:
+    """Move the events of finished tasks whose last event is older than `before` into one gzipped
+    JSON Lines file, keeping per task the chain head (last seq and hash) so the chain stays
+    verifiable from the archive plus what is kept. Returns the file (None if nothing) and count."""
+    candidates: list[tuple[str, str, list[Event]]] = []
+    for agent, task_id in store.tasks():
+        items = store.events(agent, task_id)
+        if not items or store.head(agent, task_id) is not None:
+            continue
+        last = items[-1]
+        if last.to_state in terminal_states.get(agent, frozenset()) and last.at < before:
+            candidates.append((agent, task_id, items))
+    if not candidates:
+        return None, 0
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    path = directory / f"events-{stamp}.jsonl.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as out:
+        for _, _, items in candidates:
+            for item in items:
+                out.write(item.model_dump_json() + "\n")
+    moved = 0
+    with store.session() as session:
+        if store.engine.dialect.name == "postgresql":
+            session.execute(text("SET LOCAL agents.archiving = 'on'"))
+        for agent, task_id, items in candidates:
+            session.add(
+                ChainHead(
+                    agent=agent,
+                    task_id=task_id,
+                    archived_seq=items[-1].seq,
+                    archived_hash=items[-1].hash,
+                    archive_file=str(path.resolve()),
+                )
+            )
+            session.execute(delete(TaskEvent).where(TaskEvent.agent == agent, TaskEvent.task_id == task_id))
+            moved += len(items)
+    return path, moved
