@@ -5,10 +5,27 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import httpx
+
 from deploy.local import Stack, wait_until
 
 END = {"COMPLETE", "FAILED"}
 HAPPY_PATH = ["INITIAL", "FETCH_CONTEXT", "ANALYZE", "PLAN", "WAIT_APPROVAL", "EXECUTE", "VERIFY", "COMPLETE"]
+
+
+# Every tool call is held in flight 1.5 s after its claim, so a crash can land inside one; a claim
+# abandoned by a killed attempt is taken over after 3 s, so a retry never waits long on it.
+SLOW_TOOLS_ENV = {"TOOLS_SIMULATED_LATENCY_MS": "1500", "IDEMPOTENCY_LEASE_SECONDS": "3"}
+
+
+def idempotency_status(stack: Stack, key: str) -> str | None:
+    """The tool service's record of an Idempotency-Key: in_flight, done, or None if unknown."""
+    response = httpx.get(f"{stack.tools_url}/idempotency/{key}", timeout=5)
+    if response.status_code == 404:
+        return None
+    response.raise_for_status()
+    status: str = response.json()["status"]
+    return status
 
 
 def new_task_id(prefix: str = "t") -> str:

@@ -16,7 +16,13 @@ import pytest
 from deploy.local import Stack, running_stack, wait_until
 from tests.fakes.anthropic_api import FakeAnthropicAPI
 from tests.integration.conftest import sqlite_url
-from tests.integration.flows import assert_one_event_per_transition, start, wait_parked
+from tests.integration.flows import (
+    SLOW_TOOLS_ENV,
+    assert_one_event_per_transition,
+    idempotency_status,
+    start,
+    wait_parked,
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,22 +38,10 @@ def crash_stack(tmp_path_factory: pytest.TempPathFactory, fake_llm: FakeAnthropi
         "ANTHROPIC_API_KEY": "test-key",
         "ANTHROPIC_BASE_URL": fake_llm.url,
         "ANTHROPIC_MODEL": "claude-test",
-        # Hold every tool call in flight long enough to kill the caller in the middle of one.
-        "TOOLS_SIMULATED_LATENCY_MS": "1500",
-        # An abandoned claim is taken over quickly, so a retry never waits long on a dead attempt.
-        "IDEMPOTENCY_LEASE_SECONDS": "3",
+        **SLOW_TOOLS_ENV,
     }
     with running_stack(workdir, sqlite_url(workdir), extra_env=env) as running:
         yield running
-
-
-def idempotency_status(stack: Stack, key: str) -> str | None:
-    response = httpx.get(f"{stack.tools_url}/idempotency/{key}", timeout=5)
-    if response.status_code == 404:
-        return None
-    response.raise_for_status()
-    status: str = response.json()["status"]
-    return status
 
 
 def llm_calls_for(fake: FakeAnthropicAPI, marker: str) -> dict[str, int]:

@@ -5,49 +5,33 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
 from deploy.local import ManagedProcess, Stack, running_stack, wait_until
 from tests.integration.conftest import sqlite_url
-from tests.integration.flows import END, assert_one_event_per_transition
+from tests.integration.flows import END, SLOW_TOOLS_ENV, assert_one_event_per_transition, idempotency_status
 from tests.integration.test_expense_report import postings, run_report, seeded
 
 
 @pytest.fixture(scope="module")
 def slow_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("expense-crash")
-    env = {
-        # Every tool call is held in flight 1.5 s after its claim, so a crash can land inside it.
-        "TOOLS_SIMULATED_LATENCY_MS": "1500",
-        # A claim abandoned by a killed tool service is taken over after 3 s.
-        "IDEMPOTENCY_LEASE_SECONDS": "3",
-    }
-    with running_stack(workdir, sqlite_url(workdir), extra_env=env) as running:
+    with running_stack(workdir, sqlite_url(workdir), extra_env=SLOW_TOOLS_ENV) as running:
         yield running
-
-
-def key_status(stack: Stack, key: str) -> str | None:
-    response = httpx.get(f"{stack.tools_url}/idempotency/{key}", timeout=5)
-    if response.status_code == 404:
-        return None
-    response.raise_for_status()
-    status: str = response.json()["status"]
-    return status
 
 
 def crash_during_record(stack: Stack, victim: ManagedProcess) -> None:
     expense_id = seeded(stack)["small-lunch"]  # auto-approved: straight from ROUTE to RECORD
     task_id = run_report(stack, expense_id)
     key = f"ExpenseReport:{task_id}:RECORD.1:0"
-    wait_until(lambda: key_status(stack, key) == "in_flight", timeout=90, what=f"{key} in flight")
+    wait_until(lambda: idempotency_status(stack, key) == "in_flight", timeout=90, what=f"{key} in flight")
     victim.kill()
     assert not victim.alive()
     victim.start()
 
     view = stack.wait_for_state("ExpenseReport", task_id, END, timeout=120)
     assert view["state"] == "COMPLETE", view
-    assert key_status(stack, key) == "done"
+    assert idempotency_status(stack, key) == "done"
     [posting] = postings(stack, expense_id)
     assert posting["posting_id"] == view["result"]["posting_id"]
     assert_one_event_per_transition(stack, "ExpenseReport", task_id, view)
