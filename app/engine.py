@@ -355,9 +355,10 @@ class AgentEngine(Generic[D]):
         """Run step after step until a terminal state, persisting the record at every transition."""
         while not self.machine.is_terminal(record.state):
             before = record.data.model_dump(mode="json")
+            approvals_before = len(record.approvals)
             step = StepContext(ctx, record)
             decision, record = await self._run_step(ctx, record, step)
-            record = await self._apply(ctx, record, step, decision, before)
+            record = await self._apply(ctx, record, step, decision, before, approvals_before)
         return record
 
     async def _run_step(
@@ -412,6 +413,7 @@ class AgentEngine(Generic[D]):
         step: StepContext[D],
         decision: Next,
         before: dict[str, Any],
+        approvals_before: int,
     ) -> TaskRecord[D]:
         try:
             target = transition(self.machine, record.state, decision.target)
@@ -445,7 +447,7 @@ class AgentEngine(Generic[D]):
             "result": decision.result,
             "error": decision.error.model_dump() if decision.error else None,
         }
-        if self.machine.is_gate(record.state) and len(updated.approvals) > len(record.approvals):
+        if len(updated.approvals) > approvals_before:
             payload["approval"] = updated.approvals[-1].model_dump(mode="json")
         updated = await self._log(ctx, updated, "transition", record.state, now, payload)
         ctx.set(TASK_KEY, updated)

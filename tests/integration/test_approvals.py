@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.events import store_for
 from app.settings import DEV_OPERATOR_TOKEN, DEV_WEBHOOK_SECRET
 from deploy.local import Stack, running_stack
 from tests.integration.conftest import sqlite_url
@@ -82,6 +83,14 @@ def test_approve_records_the_decision_and_closes_the_ticket(any_stack: Stack) ->
     assert record["approval_hash"] == pending["approval_hash"] and record["decided_at"]
     assert approval_ticket(any_stack, ticket_id)["status"] == "approved"
     assert not any(item["task_id"] == task_id for item in pending_approvals(any_stack))
+    # The audit log holds the decision on the gate's transition.
+    [left_gate] = [
+        e
+        for e in store_for(any_stack.database_url).events("AgentTask", task_id)
+        if e.from_state == "WAIT_APPROVAL"
+    ]
+    assert left_gate.payload["approval"]["approver"] == "ops-lead"
+    assert left_gate.payload["approval"]["approval_hash"] == pending["approval_hash"]
 
 
 def test_reject_fails_the_task_without_executing_anything(any_stack: Stack) -> None:
