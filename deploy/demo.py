@@ -11,6 +11,7 @@ also on Ctrl-C or failure.
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 import uuid
 from typing import Any
@@ -102,9 +103,7 @@ def expense_demo(stack: Stack) -> tuple[bool, str | None]:
         say(timeline(view))
 
     journal_label = "hotel-stay"
-    say(f"\nRestate's journal of {journal_label}: restate invocations describe {invocations[journal_label]}")
-    described = stack.cli("invocations", "describe", invocations[journal_label])
-    say(described.stdout.rstrip() or described.stderr.rstrip())
+    inspect(stack, tasks[journal_label], invocations[journal_label])
 
     say("\nThe ledger (one double-entry posting per approved expense):")
     ledger = httpx.get(f"{stack.tools_url}/ledger", timeout=10).json()["postings"]
@@ -118,6 +117,28 @@ def expense_demo(stack: Stack) -> tuple[bool, str | None]:
     expected["mismatch-taxi"] = "FAILED"
     ok = all(views[label]["state"] == state for label, state in expected.items()) and len(ledger) == 2
     return ok, tasks.get("hotel-stay")
+
+
+def inspect(stack: Stack, task_id: str, invocation_id: str) -> None:
+    """One task, inspected the three ways the README describes."""
+    say(f"\n1. The operator CLI: agentctl timeline ExpenseReport {task_id}")
+    env = {**stack.service_env(), "APPROVALS_URL": stack.approvals_url}
+    timeline_run = subprocess.run(
+        [sys.executable, "-m", "app.agentctl", "timeline", "ExpenseReport", task_id],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    say(timeline_run.stdout.rstrip() or timeline_run.stderr.rstrip())
+    say(f"\n2. Restate's journal: restate invocations describe {invocation_id}")
+    described = stack.cli("invocations", "describe", invocation_id)
+    say(described.stdout.rstrip() or described.stderr.rstrip())
+    query = f"select index, entry_type, name from sys_journal where id = '{invocation_id}' order by index"
+    say(f'\n3. Restate\'s SQL: restate sql "{query}"')
+    sql = stack.cli("sql", query)
+    say(sql.stdout.rstrip() or sql.stderr.rstrip())
 
 
 def agent_task_demo(stack: Stack) -> bool:
