@@ -8,7 +8,7 @@ PY_STAMP := $(VENV)/.installed
 NPM_STAMP := node_modules/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install runtime-deps test-deps test lint format unit integration demo diagram clean
+.PHONY: install runtime-deps test-deps test reliability lint format unit integration demo diagram clean
 
 install: $(PY_STAMP) $(NPM_STAMP) runtime-deps
 
@@ -59,6 +59,14 @@ unit: install
 
 integration: install test-deps
 	$(BIN)/pytest -m integration $(PYTEST_ARGS)
+
+# The reliability suite in full (the replay corpus's 100+ cases; `make test` runs a tenth of it)
+# and its report, docs/reliability.md, written from the run.
+RELIABILITY_TESTS := tests/integration/test_replay_determinism.py tests/integration/test_bad_input.py \
+	tests/integration/test_crash.py tests/integration/test_expense_crash.py \
+	tests/integration/test_parked_tasks.py tests/integration/test_approvals.py tests/integration/test_engine.py
+reliability: install test-deps
+	RELIABILITY_FULL=1 $(BIN)/pytest -p tests.reliability_report $(RELIABILITY_TESTS) $(PYTEST_ARGS)
 
 demo: install
 	$(BIN)/python -m deploy.demo

@@ -17,6 +17,14 @@ from deploy.local import Stack, running_stack
 from tests.integration.conftest import sqlite_url
 from tests.integration.flows import END, new_task_id, start, wait_parked
 
+RELIABILITY = {
+    "check": ("Approval gates: approve, reject, timeout with one reminder, webhook refusals change nothing"),
+    "injected": (
+        "forged, missing and mismatched signatures; malformed, stale and unauthorised decisions; an"
+        " expired deadline"
+    ),
+}
+
 OPERATOR = {"authorization": f"Bearer {DEV_OPERATOR_TOKEN}"}
 
 

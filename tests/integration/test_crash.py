@@ -24,6 +24,16 @@ from tests.integration.flows import (
     wait_parked,
 )
 
+RELIABILITY = {
+    "check": (
+        "Crash during a tool call: the task completes, the side effect exists once, no finished LLM"
+        " step is called again; SIGTERM with a task waiting"
+    ),
+    "injected": (
+        "SIGKILL of the agent service while a tool call is in flight; SIGTERM while a task waits at its gate"
+    ),
+}
+
 
 @pytest.fixture(scope="module")
 def fake_llm() -> Iterator[FakeAnthropicAPI]:

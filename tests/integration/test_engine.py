@@ -11,6 +11,11 @@ import pytest
 
 from deploy.local import ManagedProcess, Stack, free_port
 
+RELIABILITY = {
+    "check": ("Engine: undeclared transitions and permanent step errors end in the declared failure state"),
+    "injected": ("a step asking for an undeclared transition; a step raising a permanent error"),
+}
+
 
 @pytest.fixture(scope="module")
 def probe(stack: Stack) -> Iterator[Stack]:

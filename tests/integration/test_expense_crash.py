@@ -12,6 +12,14 @@ from tests.integration.conftest import sqlite_url
 from tests.integration.flows import END, SLOW_TOOLS_ENV, assert_one_event_per_transition, idempotency_status
 from tests.integration.test_expense_report import postings, run_report, seeded
 
+RELIABILITY = {
+    "check": ("Crash during RECORD: exactly one ledger posting"),
+    "injected": (
+        "SIGKILL of the agent service during the ledger call; SIGKILL of the tool service in the "
+        "middle of the ledger write"
+    ),
+}
+
 
 @pytest.fixture(scope="module")
 def slow_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:

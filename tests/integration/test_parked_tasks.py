@@ -14,6 +14,11 @@ from deploy.local import Stack, running_stack, wait_until
 from tests.integration.conftest import sqlite_url
 from tests.integration.flows import END, new_task_id
 
+RELIABILITY = {
+    "check": ("Tasks parked at a gate: survive crashes of everything; worker memory flat with 500 parked"),
+    "injected": ("SIGKILL of restate-server and of the agent service with 20 tasks parked; 500 tasks parked"),
+}
+
 OPERATOR = {"authorization": f"Bearer {DEV_OPERATOR_TOKEN}"}
 SUSPENDED = (
     "select count(*) as n from sys_invocation"
