@@ -24,6 +24,7 @@ from app import tool_client
 from app.approvals.models import ApprovalRecord, ApprovalRequest, PendingApproval
 from app.approvals.waiting import await_gate
 from app.events import GENESIS, Appended, Event, new_event, store_for
+from app.faults import crash_if_planned
 from app.machine import IllegalTransition, Machine, transition
 from app.settings import get_settings
 from app.tool_client import ToolResult
@@ -481,6 +482,8 @@ class AgentEngine(Generic[D]):
         await ctx.run_typed(
             f"event {item.seq} {record.state}", append_event, RunOptions(type_hint=Appended), item, snapshot
         )
+        # The crash matrix's fault switch: a no-op unless a test armed it (app/faults.py).
+        crash_if_planned(record.agent, record.task_id, item.seq)
         return record.model_copy(update={"event_seq": item.seq, "last_event_hash": item.hash})
 
     async def status(self, ctx: ObjectSharedContext) -> TaskView:

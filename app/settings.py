@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     # step in flight is not cut short: it may finish within the abort timeout, which therefore
     # outlasts the slowest LLM call. 0 defers to the server's own setting (always-replay tests: 0s).
     inactivity_timeout_seconds: float = Field(60.0, alias="AGENT_INACTIVITY_TIMEOUT_SECONDS", ge=0)
+    # The crash matrix's fault switch (app/faults.py): off unless set; refused in production.
+    fault_plan_file: str | None = Field(None, alias="AGENT_FAULT_PLAN_FILE")
     # The event log writes a snapshot of the task's view every N events (and at the end).
     event_snapshot_every: int = Field(10, alias="EVENT_SNAPSHOT_EVERY", gt=0)
     journal_retention_days: float = Field(7.0, alias="AGENT_JOURNAL_RETENTION_DAYS", gt=0)
@@ -80,6 +82,8 @@ class Settings(BaseSettings):
                 raise ValueError("APPROVAL_WEBHOOK_SECRET must be set when ENV=production")
             if self.operator_token.get_secret_value() == DEV_OPERATOR_TOKEN:
                 raise ValueError("OPERATOR_TOKEN must be set when ENV=production")
+            if self.fault_plan_file is not None:
+                raise ValueError("AGENT_FAULT_PLAN_FILE (fault injection) is refused when ENV=production")
         return self
 
     @property
