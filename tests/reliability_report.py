@@ -9,8 +9,10 @@ edited by hand. Loaded with `-p tests.reliability_report`; the output path is
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -37,6 +39,9 @@ class ReliabilityReport:
         self.checks: dict[str, Check] = {}
         self.started = time.monotonic()
         self.modules: dict[str, dict[str, Any]] = {}
+        # Tests record measured figures here (tests/figures.py); the report lists them.
+        self.figures = Path(tempfile.mkstemp(prefix="reliability-figures-", suffix=".jsonl")[1])
+        os.environ["RELIABILITY_FIGURES"] = str(self.figures)
 
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         for item in items:
@@ -91,6 +96,12 @@ class ReliabilityReport:
         for check in self.checks.values():
             grouped["passed" if not check.failed else "failed"] += 1
         lines += ["", f"Checks passed: {grouped['passed']} of {len(self.checks)}.", ""]
+        figures = [json.loads(line) for line in self.figures.read_text().splitlines() if line.strip()]
+        if figures:
+            lines += ["## Figures measured in this run", ""]
+            lines += [f"- {figure['name']}: {figure['value']}" for figure in figures]
+            lines.append("")
+        self.figures.unlink(missing_ok=True)
         return "\n".join(lines)
 
 
