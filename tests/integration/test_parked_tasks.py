@@ -11,6 +11,7 @@ import pytest
 
 from app.settings import DEV_OPERATOR_TOKEN, DEV_WEBHOOK_SECRET
 from deploy.local import Stack, running_stack, wait_until
+from tests.figures import record_figure
 from tests.integration.conftest import sqlite_url
 from tests.integration.flows import END, new_task_id
 
@@ -128,7 +129,9 @@ def test_worker_memory_does_not_grow_with_parked_tasks(parked_stack: Stack) -> N
     wait_suspended(stack, 500)
     with_many = rss_kib(stack.app.pid)
     growth_mib = (with_many - with_one) / 1024
-    print(f"agent service RSS: {with_one / 1024:.1f} MiB with 1 parked, {with_many / 1024:.1f} MiB with 500")
+    figure = f"{with_one / 1024:.1f} MiB with 1 parked, {with_many / 1024:.1f} MiB with 500 parked"
+    print(f"agent service RSS: {figure}")
+    record_figure("agent service RSS", figure)
     # A parked task is suspended: its state lives in Restate, not in the worker. Held in memory, 500
     # of them cost the worker about 40 MiB (80 KiB each, measured with suspension off); the bound
     # allows connection and allocator noise, not per-task growth.
