@@ -133,6 +133,6 @@ def test_worker_memory_does_not_grow_with_parked_tasks(parked_stack: Stack) -> N
     print(f"agent service RSS: {figure}")
     record_figure("agent service RSS", figure)
     # A parked task is suspended: its state lives in Restate, not in the worker. Held in memory, 500
-    # of them cost the worker about 40 MiB (80 KiB each, measured with suspension off); the bound
-    # allows connection and allocator noise, not per-task growth.
-    assert growth_mib < 20, f"RSS grew {growth_mib:.1f} MiB with 500 parked tasks"
+    # of them cost the worker about 46 MiB (80 KiB each, measured with suspension off); suspended,
+    # runs measured 9 to 16 MiB of connection and allocator noise. The bound separates the two.
+    assert growth_mib < 25, f"RSS grew {growth_mib:.1f} MiB with 500 parked tasks"
