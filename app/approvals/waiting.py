@@ -36,6 +36,8 @@ from app.tool_client import ToolResult
 # Tools the gate itself calls; never offered to a planner, so a model cannot open or close gates.
 GATE_TOOLS = frozenset({"request_approval", "remind_approval", "close_approval"})
 REMINDER_SUMMARY_CHARS = 1500
+# The approver named when a decision that bypassed the arbiter is refused.
+GATE_GUARD = "system:gate-guard"
 
 
 class GateStep(Protocol):
@@ -151,7 +153,17 @@ async def _wait_and_close(
             case _:
                 # The arbiter closes the gate, unless a decision reached it first: then that wins.
                 decision = (await ctx.object_call(expire, key=key, arg=Empty())).decision
-    await ctx.object_call(close_gate, key=key, arg=Empty())
+    recorded = (await ctx.object_call(close_gate, key=key, arg=Empty())).decision
+    if decision is not None and decision != recorded:
+        # The awakeable was resolved without passing the arbiter (straight through Restate's
+        # ingress with its id): no hash or approver check was made, so it approves nothing.
+        decision = Decision(
+            decision="reject",
+            approver=GATE_GUARD,
+            comment=f"refused: a decision by {decision.approver!r} bypassed the approval gate",
+            approval_hash=pending.approval_hash,
+            decided_at=await ctx.time(),
+        )
 
     outcome: Outcome = "timeout" if decision is None else decision.decision
     await step.call_tool(

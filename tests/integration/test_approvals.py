@@ -255,3 +255,35 @@ def test_escalation_approver_may_decide_after_the_reminder(short_gate_stack: Sta
     view = stack.wait_for_state("AgentTask", task_id, END, timeout=30)
     assert view["state"] == "COMPLETE"
     assert view["approvals"][0]["approver"] == "ops-manager" and view["approvals"][0]["reminded"] is True
+
+
+def test_a_decision_that_bypasses_the_gate_approves_nothing(stack: Stack) -> None:
+    task_id = new_task_id("bypass")
+    start(stack, task_id, "open a ticket: the vault door is broken")
+    pending = wait_parked(stack, task_id)["pending_approval"]
+    # Someone with access to Restate's state and ingress resolves the awakeable directly,
+    # skipping the arbiter's hash and approver checks.
+    rows = stack.sql(
+        "select value_utf8 from state where service_name = 'AgentTask' "
+        f"and service_key = '{task_id}' and key = 'task'"
+    )
+    awakeable_id = json.loads(rows[0]["value_utf8"])["pending_approval"]["awakeable_id"]
+    forged = {
+        "decision": "approve",
+        "approver": "mallory",
+        "comment": None,
+        "approval_hash": pending["approval_hash"],
+        "decided_at": 0.0,
+    }
+    resolved = httpx.post(
+        f"{stack.ingress_url}/restate/awakeables/{awakeable_id}/resolve", json=forged, timeout=10
+    )
+    assert resolved.status_code < 300, resolved.text
+
+    view = stack.wait_for_state("AgentTask", task_id, END)
+    assert view["state"] == "FAILED"
+    assert view["error"]["code"] == "approval_rejected"
+    [record] = view["approvals"]
+    assert record["approver"] == "system:gate-guard" and "bypassed the approval gate" in record["comment"]
+    assert view["data"]["executed"] == []
+    assert approval_ticket(stack, pending["approval_ticket_id"])["status"] == "rejected"
