@@ -9,6 +9,7 @@ Agents supply only their machine, their data model and one step function per non
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -231,14 +232,8 @@ ApprovalFn = Callable[[StepContext[D]], ApprovalRequest]
 
 
 def _with_type(options: RunOptions[Any], result_type: type[T]) -> RunOptions[T]:
-    return RunOptions(
-        type_hint=result_type,
-        max_attempts=options.max_attempts,
-        max_duration=options.max_duration,
-        initial_retry_interval=options.initial_retry_interval,
-        max_retry_interval=options.max_retry_interval,
-        retry_interval_factor=options.retry_interval_factor,
-    )
+    """The step kind's retry options, with the type its result is journaled as."""
+    return dataclasses.replace(options, type_hint=result_type)
 
 
 def input_hash(payload: BaseModel) -> str:

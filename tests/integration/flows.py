@@ -53,6 +53,23 @@ def wait_parked(
     return seen
 
 
+def wait_settled(
+    stack: Stack, task_ids: list[str], timeout: float, agent: str = "AgentTask"
+) -> dict[str, Any]:
+    """Wait until every task has ended or waits at its gate with the approval requested; the views."""
+    views: dict[str, Any] = {}
+
+    def settled(task_id: str) -> bool:
+        view = stack.status(agent, task_id)
+        views[task_id] = view
+        pending = view.get("pending_approval")
+        return view["state"] in END or bool(pending and pending["approval_ticket_id"])
+
+    for task_id in task_ids:
+        wait_until(lambda t=task_id: settled(t), timeout=timeout, interval=0.2, what=f"{task_id} to settle")  # type: ignore[misc]
+    return views
+
+
 def assert_one_event_per_transition(stack: Stack, agent: str, task_id: str, view: dict[str, Any]) -> None:
     """The event log holds exactly the task's history: no duplicate, no gap, a valid chain."""
     from app.events import GENESIS, store_for, verify_chain

@@ -12,17 +12,16 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
 from app.events import store_for, verify_store
-from deploy.local import Stack, running_stack, wait_until
+from deploy.local import Stack, running_stack
 from tests.figures import record_figure
 from tests.integration.conftest import sqlite_url
-from tests.integration.flows import END, idempotency_status, new_task_id, run_approved
+from tests.integration.flows import END, idempotency_status, new_task_id, run_approved, wait_settled
 
 # 100 tasks in flight in `make reliability`; 30 in `make test`, to keep it within its time budget.
 IN_FLIGHT = 100 if os.environ.get("RELIABILITY_FULL") == "1" else 30
@@ -84,16 +83,7 @@ def test_restate_server_killed_with_tasks_in_flight(busy_stack: Stack) -> None:
     stack.restate.kill()
     stack.restate.start(timeout=90)
 
-    views: dict[str, dict[str, Any]] = {}
-
-    def parked_or_ended(task_id: str) -> bool:
-        view = stack.status("AgentTask", task_id)
-        views[task_id] = view
-        pending = view.get("pending_approval")
-        return view["state"] in END or bool(pending and pending["approval_ticket_id"])
-
-    for task_id in task_ids:
-        wait_until(lambda t=task_id: parked_or_ended(t), timeout=180, interval=0.2, what=f"{task_id} to park")  # type: ignore[misc]
+    views = wait_settled(stack, task_ids, timeout=180)
 
     def approve(task_id: str) -> int:
         if views[task_id]["state"] != "WAIT_APPROVAL":
@@ -173,15 +163,9 @@ def test_database_connections_dropped_during_flows_lose_and_double_nothing(
         admin.dispose()
     assert sum(dropped) > 0, "no connection was ever cut"
 
-    for task_id, view in views.items():
+    assert all(view["state"] in {"WAIT_APPROVAL", *END} for view in views.values())
+    for task_id, view in wait_settled(stack, task_ids, timeout=120).items():
         if view["state"] == "WAIT_APPROVAL":
-            wait_until(
-                lambda t=task_id: bool(
-                    (stack.status("AgentTask", t)["pending_approval"] or {}).get("approval_ticket_id")
-                ),  # type: ignore[misc]
-                timeout=120,
-                what=f"{task_id} to ask for approval",
-            )
             assert stack.decide("AgentTask", task_id, "approve").status_code == 200
     ends = [stack.wait_for_state("AgentTask", t, END, timeout=180) for t in task_ids]
     assert [v["state"] for v in ends] == ["COMPLETE"] * 20

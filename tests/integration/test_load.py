@@ -9,15 +9,14 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from app.events import store_for, verify_store
-from deploy.local import Stack, running_stack, wait_until
+from deploy.local import Stack, running_stack
 from tests.figures import record_figure
 from tests.integration.conftest import sqlite_url
-from tests.integration.flows import END, new_task_id
+from tests.integration.flows import END, new_task_id, wait_settled
 
 RELIABILITY = {
     "check": "Load: tasks started concurrently, some parked at approvals, all accounted for",
@@ -48,16 +47,7 @@ def test_concurrent_tasks_are_all_accounted_for(load_stack: Stack) -> None:
     sent = time.monotonic() - started
     assert len(set(invocations)) == TASKS  # one invocation per task
 
-    views: dict[str, dict[str, Any]] = {}
-
-    def settled(task_id: str) -> bool:
-        view = stack.status("AgentTask", task_id)
-        views[task_id] = view
-        pending = view.get("pending_approval")
-        return view["state"] in END or bool(pending and pending["approval_ticket_id"])
-
-    for task_id in tasks:
-        wait_until(lambda t=task_id: settled(t), timeout=600, interval=0.2, what=f"{task_id} to settle")  # type: ignore[misc]
+    views = wait_settled(stack, list(tasks), timeout=600)
     parked = [t for t, v in views.items() if v["state"] == "WAIT_APPROVAL"]
     settled_after = time.monotonic() - started
 
