@@ -12,21 +12,30 @@ from app.machine import to_mermaid
 
 def _serve() -> None:
     from app.approvals.api import create_approvals_app
-    from app.service import create_restate_app
+    from app.service import MACHINES, create_restate_app
     from app.serving import hypercorn_config, serve_until_signalled
     from app.settings import get_settings
     from app.tool_client import close_clients
+    from common.environment import load_or_exit, refuse
 
-    settings = get_settings()
+    settings = load_or_exit("agent service", get_settings)
+    problems = settings.startup_problems()
+    if problems:
+        refuse("agent service", "; ".join(problems))
     logging.getLogger(__name__).info(
-        "agent service on http://%s:%s (model: %s)",
+        "agent service on http://%s:%s (ENV=%s, model: %s, request identity: %s)",
         settings.app_host,
         settings.app_port,
+        settings.env,
         "offline" if settings.uses_offline_model else settings.anthropic_model,
+        "required" if settings.restate_identity_public_keys else "OFF (development only)",
     )
     apps = [
-        (create_restate_app(), hypercorn_config(settings.app_host, settings.app_port)),
-        (create_approvals_app(settings), hypercorn_config(settings.app_host, settings.approvals_port)),
+        (create_restate_app(settings), hypercorn_config(settings.app_host, settings.app_port)),
+        (
+            create_approvals_app(settings, MACHINES),
+            hypercorn_config(settings.app_host, settings.approvals_port),
+        ),
     ]
     asyncio.run(serve_until_signalled(apps, on_shutdown=close_clients))
 

@@ -26,8 +26,7 @@ from urllib.parse import quote
 import httpx
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.approvals.signature import HEADER as SIGNATURE_HEADER
-from app.approvals.signature import sign
+from app.approvals.signature import signed_headers
 from app.events import Event, EventStore, TaskSnapshot, read_archive, store_for
 from app.settings import DEFAULT_DATABASE_URL
 
@@ -634,10 +633,12 @@ def finish(config: Config, view: Mapping[str, Any]) -> int:
 def webhook_secret() -> str:
     from pydantic import ValidationError
 
-    from app.settings import get_settings
+    from app.settings import MissingSecret, get_settings
 
     try:
-        return get_settings().approval_webhook_secret.get_secret_value()
+        return get_settings().webhook_secret
+    except MissingSecret as exc:
+        raise CliError(EXIT_USAGE, f"invalid configuration: {exc}") from None
     except ValidationError as exc:
         first = exc.errors()[0]["msg"] if exc.errors() else str(exc)
         raise CliError(EXIT_USAGE, f"invalid configuration: {first}") from None
@@ -669,7 +670,7 @@ def cmd_decide(config: Config, args: argparse.Namespace) -> int:
             "POST",
             url,
             content=raw,
-            headers={"content-type": "application/json", SIGNATURE_HEADER: sign(webhook_secret(), raw)},
+            headers={"content-type": "application/json", **signed_headers(webhook_secret(), raw)},
         )
     if response.status_code == 200:
         if config.json:
@@ -682,7 +683,12 @@ def cmd_decide(config: Config, args: argparse.Namespace) -> int:
     if response.status_code == 401:
         raise unreachable(
             f"the approvals service refused the signature (401): APPROVAL_WEBHOOK_SECRET here differs "
-            f"from the service's; set it to the service's secret ({_message(response)})"
+            f"from the service's, or this machine's clock is off by minutes ({_message(response)})"
+        )
+    if response.status_code == 503 and "outcome_unknown" in response.text:
+        raise unreachable(
+            f"{decision}: the outcome is unknown (the decision may have been recorded); run the same "
+            f"command again, it is idempotent and reports the outcome ({_message(response)})"
         )
     raise unreachable(
         f"{decision}: the approvals service answered {response.status_code}: {_message(response)}"
@@ -873,6 +879,54 @@ def cmd_archive(config: Config, args: argparse.Namespace) -> int:
         config.line("nothing to archive")
     else:
         config.line(f"{path}: {moved} event(s) of {tasks} task(s)")
+    return EXIT_OK
+
+
+def cmd_approvers(config: Config, args: argparse.Namespace) -> int:
+    """Issue, revoke and list approvers' personal inbox credentials (in the agent database)."""
+    from app.approvals.identity import CredentialStore
+    from app.events import make_engine
+
+    try:
+        store = CredentialStore(make_engine(config.database_url))
+    except Exception as exc:  # a driver error, a bad URL: both mean "cannot use that database"
+        raise unreachable(f"cannot open the database at {_safe_url(config.database_url)}: {exc}") from None
+    if args.action in ("add", "revoke") and not args.name:
+        raise CliError(EXIT_USAGE, f"approvers {args.action} needs the approver's name")
+    if args.action == "add":
+        try:
+            token = store.issue(args.name)
+        except ValueError as exc:
+            raise CliError(EXIT_USAGE, str(exc)) from None
+        if config.json:
+            config.emit({"approver": args.name, "credential": token})
+        else:
+            config.note(f"credential issued for {args.name}; it is shown once, give it to them privately:")
+            config.line(token)
+        return EXIT_OK
+    if args.action == "revoke":
+        count = store.revoke(args.name)
+        if config.json:
+            config.emit({"approver": args.name, "revoked": count})
+        else:
+            config.line(f"revoked {count} credential(s) of {args.name}")
+        return EXIT_OK if count else EXIT_NOT_FOUND
+    rows = store.listing()
+    if config.json:
+        config.emit(
+            [
+                {
+                    "approver": name,
+                    "issued_at": issued.isoformat(),
+                    "revoked_at": revoked.isoformat() if revoked else None,
+                }
+                for name, issued, revoked in rows
+            ]
+        )
+    else:
+        for name, issued, revoked_at in rows:
+            ended = f"  revoked {revoked_at.isoformat()}" if revoked_at else ""
+            config.line(f"{name}  issued {issued.isoformat()}{ended}")
     return EXIT_OK
 
 
@@ -1097,6 +1151,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     archive.add_argument("--dir", required=True, help="the directory the archive file is written to")
     archive.set_defaults(handler=cmd_archive)
+
+    approvers = command(
+        "approvers",
+        "Issue (add), revoke or list approvers' personal credentials for the inbox.",
+        [EXIT_OK, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNREACHABLE],
+    )
+    approvers.add_argument("action", choices=["add", "revoke", "list"])
+    approvers.add_argument("name", nargs="?", help="the approver (add, revoke), e.g. ops-lead")
+    approvers.set_defaults(handler=cmd_approvers)
 
     diagram = command(
         "diagram",

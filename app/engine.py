@@ -13,6 +13,10 @@ import dataclasses
 import hashlib
 import json
 import logging
+import re
+import secrets
+import time
+import unicodedata
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
@@ -22,8 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from restate import ObjectContext, ObjectSharedContext, RunOptions, TerminalError
 
 from app import tool_client
-from app.approvals.models import ApprovalRecord, ApprovalRequest, PendingApproval
-from app.approvals.waiting import await_gate
+from app.approvals.models import ApprovalRecord, ApprovalRequest, GateIntrusion, PendingApproval
+from app.approvals.waiting import GATE_ENTRY_TOOL_CALLS, Wake, await_gate, enter_gate
 from app.events import GENESIS, Appended, Event, new_event, store_for
 from app.faults import crash_if_planned
 from app.machine import IllegalTransition, Machine, transition
@@ -34,6 +38,11 @@ log = logging.getLogger(__name__)
 
 TASK_KEY = "task"
 MAX_KEY_TASK_PART = 128
+# A task id goes into Idempotency-Key headers as it is only if it is made of these characters;
+# any other id (non-ASCII, spaces, very long) is represented there by its hash.
+KEY_SAFE_TASK_ID = re.compile(r"^[A-Za-z0-9_.@+-]+$")
+# The longest task id that can be decided (the approval webhook's limit, design.md).
+MAX_TASK_ID_LENGTH = 256
 
 D = TypeVar("D", bound=BaseModel)
 InputT = TypeVar("InputT", bound=BaseModel)
@@ -93,6 +102,12 @@ class TaskRecord(BaseModel, Generic[D]):
     # The head of the task's chain in the event log: its last event's seq and hash.
     event_seq: int = 0
     last_event_hash: str = GENESIS
+    # The unguessable part of the task's Idempotency-Keys, drawn once when the task is created, so
+    # nobody can claim a key at the tool service before the task uses it. Empty for tasks created
+    # before it existed (their keys keep the old shape).
+    key_salt: str = ""
+    # Wakes of a waiting task that did not come from the arbiter: refused, kept on record.
+    intrusions: list[GateIntrusion] = Field(default_factory=list)
 
 
 class TransitionView(BaseModel):
@@ -163,6 +178,7 @@ class TaskView(BaseModel):
     history: list[TransitionView]
     pending_approval: PendingApprovalView | None = None
     approvals: list[ApprovalView] = Field(default_factory=list)
+    intrusions: list[GateIntrusion] = Field(default_factory=list)
     result: dict[str, Any] | None = None
     error: TaskError | None = None
     data: dict[str, Any] = Field(default_factory=dict)
@@ -177,27 +193,59 @@ class Next(BaseModel):
     error: TaskError | None = None
 
 
+class TaskSeed(BaseModel):
+    """What a task draws once, when it is created: its creation time and its key salt."""
+
+    at: float
+    key_salt: str
+
+
+def new_task_seed() -> TaskSeed:
+    """Runs only inside `ctx.run_typed`: journaled, so every replay sees the same seed."""
+    return TaskSeed(at=time.time(), key_salt=secrets.token_hex(12))
+
+
+def refuse_bad_task_id(task_id: str) -> None:
+    """A task id that could not be worked on end to end is refused before anything is written."""
+    if len(task_id) > MAX_TASK_ID_LENGTH:
+        raise TerminalError(
+            f"invalid task id: at most {MAX_TASK_ID_LENGTH} characters, not {len(task_id)}", status_code=400
+        )
+    if not task_id.strip() or any(unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") for char in task_id):
+        raise TerminalError(
+            "invalid task id: it must not be blank or contain control or format characters", status_code=400
+        )
+
+
+def key_task_part(task_id: str) -> str:
+    """The task id as it appears in Idempotency-Keys: itself if safe and short, else its hash."""
+    if len(task_id) <= MAX_KEY_TASK_PART and KEY_SAFE_TASK_ID.match(task_id):
+        return task_id
+    return "sha256-" + hashlib.sha256(task_id.encode()).hexdigest()
+
+
 class StepContext(Generic[D]):
     """What a step function gets: its task's data and journaled ways to call the outside world."""
 
-    def __init__(self, ctx: ObjectContext, record: TaskRecord[D]) -> None:
+    def __init__(self, ctx: ObjectContext, record: TaskRecord[D], first_call_index: int = 0) -> None:
         self.ctx = ctx
         self.task_id = record.task_id
         self.agent = record.agent
         self.state = record.state
         self.data = record.data
         self.approvals = list(record.approvals)
+        self.key_salt = record.key_salt
         # A state visited again (a loop) gets fresh keys; a replay of the same visit the same keys.
         self.visit = sum(1 for t in record.history if t.to_state == record.state)
-        self._tool_calls = 0
+        self._tool_calls = first_call_index
 
     def idempotency_key(self, index: int) -> str:
-        """Derived from agent, task, state, visit and call index: stable across retries and replays."""
-        task = self.task_id
-        if len(task) > MAX_KEY_TASK_PART:
-            # Keep keys within the tool service's limit; a hash is as deterministic as the id.
-            task = "sha256-" + hashlib.sha256(task.encode()).hexdigest()
-        return f"{self.agent}:{task}:{self.state}.{self.visit}:{index}"
+        """Derived from agent, task, its salt, state, visit and call index: stable across retries
+        and replays, unguessable before the task exists (the salt)."""
+        task = key_task_part(self.task_id)
+        if not self.key_salt:
+            return f"{self.agent}:{task}:{self.state}.{self.visit}:{index}"
+        return f"{self.agent}:{task}:{self.key_salt}:{self.state}.{self.visit}:{index}"
 
     async def call_tool(self, name: str, args: Mapping[str, Any]) -> ToolResult:
         """Call a tool through the tool service, journaled, with this call's derived Idempotency-Key."""
@@ -207,6 +255,7 @@ class StepContext(Generic[D]):
             f"{self.state} tool {index} {name}",
             tool_client.call_tool,
             _with_type(TOOL_RUN_OPTIONS, ToolResult),
+            agent=self.agent,
             name=name,
             args=dict(args),
             idempotency_key=self.idempotency_key(index),
@@ -269,6 +318,7 @@ def view_of(record: TaskRecord[Any], machine: Machine) -> TaskView:
         ],
         pending_approval=PendingApprovalView.of(record.pending_approval) if record.pending_approval else None,
         approvals=[ApprovalView.of(approval) for approval in record.approvals],
+        intrusions=record.intrusions,
         result=record.result,
         error=record.error,
         data=record.data.model_dump(mode="json"),
@@ -320,7 +370,9 @@ class AgentEngine(Generic[D]):
         digest = input_hash(payload)
         record = await self.load(ctx)
         if record is None:
-            now = await ctx.time()
+            refuse_bad_task_id(ctx.key())
+            seed = await ctx.run_typed("task seed", new_task_seed, RunOptions(type_hint=TaskSeed))
+            now = seed.at
             record = self.record_type(
                 task_id=ctx.key(),
                 agent=self.machine.name,
@@ -329,6 +381,7 @@ class AgentEngine(Generic[D]):
                 state=self.machine.initial,
                 history=[Transition(from_state=None, to_state=self.machine.initial, at=now, note="created")],
                 data=initial_data,
+                key_salt=seed.key_salt,
             )
             record = await self._log(
                 ctx,
@@ -349,20 +402,23 @@ class AgentEngine(Generic[D]):
 
     async def drive(self, ctx: ObjectContext, record: TaskRecord[D]) -> TaskRecord[D]:
         """Run step after step until a terminal state, persisting the record at every transition."""
+        # What wakes the task at a gate it entered in this invocation (None after a restart).
+        armed: Wake | None = None
         while not self.machine.is_terminal(record.state):
             before = record.data.model_dump(mode="json")
-            approvals_before = len(record.approvals)
-            step = StepContext(ctx, record)
-            decision, record = await self._run_step(ctx, record, step)
-            record = await self._apply(ctx, record, step, decision, before, approvals_before)
+            approvals_before = (len(record.approvals), len(record.intrusions))
+            gate = self.machine.is_gate(record.state)
+            step = StepContext(ctx, record, GATE_ENTRY_TOOL_CALLS if gate else 0)
+            decision, record = await self._run_step(ctx, record, step, armed)
+            record, armed = await self._apply(ctx, record, step, decision, before, approvals_before)
         return record
 
     async def _run_step(
-        self, ctx: ObjectContext, record: TaskRecord[D], step: StepContext[D]
+        self, ctx: ObjectContext, record: TaskRecord[D], step: StepContext[D], armed: Wake | None
     ) -> tuple[Next, TaskRecord[D]]:
         try:
             if self.machine.is_gate(step.state):
-                return await self._run_gate(ctx, record, step)
+                return await self._run_gate(ctx, record, step, armed)
             return await self.steps[step.state](step), record
         except TerminalError as exc:
             # A permanent failure of this step (exhausted retries, a refused tool call, a model error).
@@ -377,7 +433,7 @@ class AgentEngine(Generic[D]):
             return failed, record
 
     async def _run_gate(
-        self, ctx: ObjectContext, record: TaskRecord[D], step: StepContext[D]
+        self, ctx: ObjectContext, record: TaskRecord[D], step: StepContext[D], armed: Wake | None
     ) -> tuple[Next, TaskRecord[D]]:
         """Suspend at an approval gate until a decision or the deadline; take the declared outcome."""
         current = record
@@ -387,8 +443,20 @@ class AgentEngine(Generic[D]):
             current = current.model_copy(update={"pending_approval": pending})
             ctx.set(TASK_KEY, current)
 
-        request = self.approvals[step.state](step)
-        outcome, approval = await await_gate(step, request, persist)
+        def intruded(intrusion: GateIntrusion) -> None:
+            nonlocal current
+            log.warning("%s/%s: %s", self.machine.name, record.task_id, intrusion.detail)
+            current = current.model_copy(update={"intrusions": [*current.intrusions, intrusion]})
+            ctx.set(TASK_KEY, current)
+
+        if record.pending_approval is None:
+            # Entered before this engine opened gates on entry: enter it now.
+            pending, armed = await enter_gate(
+                StepContext(ctx, record), self.approvals[step.state](StepContext(ctx, record))
+            )
+            persist(pending)
+        assert current.pending_approval is not None
+        outcome, approval = await await_gate(step, current.pending_approval, armed, persist, intruded)
         current = current.model_copy(update={"approvals": [*current.approvals, approval]})
         target = self.machine.gates[step.state].outcomes()[outcome]
         if outcome == "approve":
@@ -409,8 +477,8 @@ class AgentEngine(Generic[D]):
         step: StepContext[D],
         decision: Next,
         before: dict[str, Any],
-        approvals_before: int,
-    ) -> TaskRecord[D]:
+        approvals_before: tuple[int, int],
+    ) -> tuple[TaskRecord[D], Wake | None]:
         try:
             target = transition(self.machine, record.state, decision.target)
         except IllegalTransition as exc:
@@ -422,6 +490,14 @@ class AgentEngine(Generic[D]):
                 target=target,
                 error=TaskError(state=record.state, code="illegal_transition", message=str(exc)),
             )
+        armed: Wake | None = None
+        if self.machine.is_gate(target):
+            entered = await self._enter_gate(ctx, record, step, target)
+            if isinstance(entered, Next):
+                decision, target = entered, entered.target
+            else:
+                pending, armed = entered
+                record = record.model_copy(update={"pending_approval": pending})
         now = await ctx.time()
         updated = record.model_copy(
             update={
@@ -443,11 +519,46 @@ class AgentEngine(Generic[D]):
             "result": decision.result,
             "error": decision.error.model_dump() if decision.error else None,
         }
-        if len(updated.approvals) > approvals_before:
+        decided_before, intruded_before = approvals_before
+        if len(updated.approvals) > decided_before:
             payload["approval"] = updated.approvals[-1].model_dump(mode="json")
+        if len(updated.intrusions) > intruded_before:
+            # Refused wakes at the gate go into the audit record with the transition that left it.
+            payload["intrusions"] = [i.model_dump(mode="json") for i in updated.intrusions[intruded_before:]]
+        if updated.pending_approval is not None and self.machine.is_gate(target):
+            payload["pending_approval"] = {
+                "approval_hash": updated.pending_approval.approval_hash,
+                "approvers": updated.pending_approval.approvers,
+                "approval_ticket_id": updated.pending_approval.approval_ticket_id,
+            }
         updated = await self._log(ctx, updated, "transition", record.state, now, payload)
         ctx.set(TASK_KEY, updated)
-        return updated
+        return updated, armed
+
+    async def _enter_gate(
+        self, ctx: ObjectContext, record: TaskRecord[D], step: StepContext[D], gate: str
+    ) -> tuple[PendingApproval, Wake] | Next:
+        """Open the gate being entered and ask for its approval, before the state says it waits.
+
+        Runs as part of the transition, so `status` never shows a gate state without its pending
+        approval. A refused request fails the task from the state it came from.
+        """
+        entering = record.model_copy(
+            update={
+                "state": gate,
+                "data": step.data,
+                "history": [*record.history, Transition(from_state=record.state, to_state=gate, at=0.0)],
+            }
+        )
+        at_gate = StepContext(ctx, entering)
+        try:
+            return await enter_gate(at_gate, self.approvals[gate](at_gate))
+        except TerminalError as exc:
+            assert self.machine.failure is not None
+            return Next(
+                target=self.machine.failure,
+                error=TaskError(state=gate, code="step_failed", message=exc.message),
+            )
 
     async def _log(
         self,

@@ -9,9 +9,14 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from common.environment import Environment, parse_environment, resolve_secrets
+
 DEFAULT_DATABASE_URL = f"sqlite:///{Path('var/agents.db').resolve()}"
+# Well known, so usable only with ENV=development (common/environment.py refuses them otherwise).
 DEV_WEBHOOK_SECRET = "dev-approval-webhook-secret"
 DEV_OPERATOR_TOKEN = "dev-operator-token"
+DEV_TOOLS_API_TOKEN = "dev-tools-api-token"
+PUBLIC_KEY_PREFIX = "publickeyv1_"
 
 
 class Settings(BaseSettings):
@@ -19,7 +24,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_file=".env", env_ignore_empty=True, extra="ignore")
 
-    env: str = Field("development", alias="ENV")
+    env: Environment = Field("production", alias="ENV")
 
     restate_ingress_url: str = Field("http://127.0.0.1:8080", alias="RESTATE_INGRESS_URL")
     restate_admin_url: str = Field("http://127.0.0.1:9070", alias="RESTATE_ADMIN_URL")
@@ -42,8 +47,15 @@ class Settings(BaseSettings):
     llm_timeout_seconds: float = Field(120.0, alias="LLM_TIMEOUT_SECONDS", gt=0)
     llm_max_tokens: int = Field(2048, alias="LLM_MAX_TOKENS", gt=0)
 
-    approval_webhook_secret: SecretStr = Field(SecretStr(DEV_WEBHOOK_SECRET), alias="APPROVAL_WEBHOOK_SECRET")
-    operator_token: SecretStr = Field(SecretStr(DEV_OPERATOR_TOKEN), alias="OPERATOR_TOKEN")
+    # Secrets: unset means the development value with ENV=development, and a refusal to start in
+    # production (see _fail_closed). The webhook secret also keys the proofs the approvals surface
+    # mints for the agents' `decide` handlers (app/approvals/proof.py).
+    approval_webhook_secret: SecretStr | None = Field(None, alias="APPROVAL_WEBHOOK_SECRET")
+    operator_token: SecretStr | None = Field(None, alias="OPERATOR_TOKEN")
+    tools_api_token: SecretStr | None = Field(None, alias="TOOLS_API_TOKEN")
+    # The Restate server's request-signing keys the agent endpoint accepts (restate-notes §1.10);
+    # without them anyone who reaches the endpoint can invoke handlers, so production requires them.
+    restate_identity_public_keys_csv: str = Field("", alias="RESTATE_IDENTITY_PUBLIC_KEYS")
 
     # Restate invocation options. After this long without progress (a task waiting at a gate, or a
     # slow step) Restate asks the handler to suspend: a waiting task then costs no worker memory. A
@@ -75,16 +87,71 @@ class Settings(BaseSettings):
     def _none_disables_escalation(cls, value: str | None) -> str | None:
         return None if value is None or value.strip().lower() in ("", "none", "-") else value.strip()
 
+    @field_validator("env", mode="before")
+    @classmethod
+    def _known_environment(cls, value: object) -> Environment:
+        return parse_environment(value)
+
+    @field_validator("restate_identity_public_keys_csv")
+    @classmethod
+    def _public_keys_look_right(cls, value: str) -> str:
+        keys = [key.strip() for key in value.split(",") if key.strip()]
+        wrong = [key[:24] for key in keys if not key.startswith(PUBLIC_KEY_PREFIX)]
+        if wrong:
+            raise ValueError(f"RESTATE_IDENTITY_PUBLIC_KEYS must be {PUBLIC_KEY_PREFIX}... keys, not {wrong}")
+        return ",".join(keys)
+
     @model_validator(mode="after")
-    def _refuse_development_secrets_in_production(self) -> Settings:
-        if self.env == "production":
-            if self.approval_webhook_secret.get_secret_value() == DEV_WEBHOOK_SECRET:
-                raise ValueError("APPROVAL_WEBHOOK_SECRET must be set when ENV=production")
-            if self.operator_token.get_secret_value() == DEV_OPERATOR_TOKEN:
-                raise ValueError("OPERATOR_TOKEN must be set when ENV=production")
-            if self.fault_plan_file is not None:
-                raise ValueError("AGENT_FAULT_PLAN_FILE (fault injection) is refused when ENV=production")
+    def _development_defaults(self) -> Settings:
+        # Only an explicit ENV=development gets the well-known secrets; production keeps what is
+        # set, and `python -m app` refuses to serve until startup_problems() is empty.
+        if self.env == "development":
+            resolved = resolve_secrets(self.env, self._secrets())
+            self.approval_webhook_secret = resolved["APPROVAL_WEBHOOK_SECRET"]
+            self.operator_token = resolved["OPERATOR_TOKEN"]
+            self.tools_api_token = resolved["TOOLS_API_TOKEN"]
         return self
+
+    def _secrets(self) -> dict[str, tuple[SecretStr | None, str]]:
+        return {
+            "APPROVAL_WEBHOOK_SECRET": (self.approval_webhook_secret, DEV_WEBHOOK_SECRET),
+            "OPERATOR_TOKEN": (self.operator_token, DEV_OPERATOR_TOKEN),
+            "TOOLS_API_TOKEN": (self.tools_api_token, DEV_TOOLS_API_TOKEN),
+        }
+
+    def startup_problems(self) -> list[str]:
+        """Why the service must not serve with this configuration (empty: it may).
+
+        Checked at start, not when the settings are read: the CLI and `diagram` read settings too
+        and need no secret; anything that uses a missing secret fails closed anyway (see below).
+        """
+        problems: list[str] = []
+        if self.env == "production":
+            try:
+                resolve_secrets(self.env, self._secrets())
+            except ValueError as exc:
+                problems.append(str(exc))
+            if not self.restate_identity_public_keys:
+                problems.append("ENV=production requires RESTATE_IDENTITY_PUBLIC_KEYS (request identity)")
+            if self.fault_plan_file is not None:
+                problems.append("AGENT_FAULT_PLAN_FILE (fault injection) is refused when ENV=production")
+        return problems
+
+    @property
+    def webhook_secret(self) -> str:
+        return _required(self.approval_webhook_secret, "APPROVAL_WEBHOOK_SECRET")
+
+    @property
+    def operator_secret(self) -> str:
+        return _required(self.operator_token, "OPERATOR_TOKEN")
+
+    @property
+    def tools_token(self) -> str:
+        return _required(self.tools_api_token, "TOOLS_API_TOKEN")
+
+    @property
+    def restate_identity_public_keys(self) -> list[str]:
+        return [key for key in self.restate_identity_public_keys_csv.split(",") if key]
 
     @property
     def approvers(self) -> list[str]:
@@ -98,6 +165,16 @@ class Settings(BaseSettings):
     @property
     def uses_offline_model(self) -> bool:
         return self.anthropic_api_key is None
+
+
+class MissingSecret(RuntimeError):
+    """A secret was needed and is not configured: fail closed, never fall back to a default."""
+
+
+def _required(secret: SecretStr | None, variable: str) -> str:
+    if secret is None:
+        raise MissingSecret(f"{variable} is not set (ENV=production has no default for it)")
+    return secret.get_secret_value()
 
 
 @lru_cache(maxsize=1)

@@ -6,6 +6,9 @@ retry reuses the same key. The classification is the contract with Restate's ret
 * 2xx: the result (a replayed answer from the tool service's store is a normal result);
 * 409 with Retry-After: the same key is still in flight (e.g. a crashed attempt's lease), so ask
   Restate to retry after that delay; the retry is safe because the key is the same;
+* 422 `idempotency_key_reused`: the key was used for another request. Keys carry the task's
+  unguessable salt, so this is a bug (a step whose arguments changed on replay), never an
+  attacker: it fails the step with a message that says so, and is logged as an error;
 * any other 4xx: a request the tool service will never accept: `TerminalError`, no blind retry;
 * 5xx, timeouts and connection errors: transient; Restate retries with the same key.
 """
@@ -13,6 +16,7 @@ retry reuses the same key. The classification is the contract with Restate's ret
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import timedelta
 from typing import Any
 
@@ -23,6 +27,12 @@ from restate.exceptions import RetryableError
 
 from app.llm.port import ToolSpec
 from app.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+# The agent the call is made for: the tool service offers and allows only that agent's tools.
+AGENT_HEADER = "X-Agent"
+KEY_REUSED = "idempotency_key_reused"
 
 
 class ToolResult(BaseModel):
@@ -64,6 +74,8 @@ def _client() -> httpx.AsyncClient:
         settings = get_settings()
         client = httpx.AsyncClient(
             base_url=settings.tools_url,
+            # The credential never enters the journal: it is added here, outside the step's arguments.
+            headers={"authorization": f"Bearer {settings.tools_token}"},
             timeout=httpx.Timeout(settings.tool_timeout_seconds, connect=5.0),
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
         )
@@ -75,6 +87,16 @@ async def close_clients() -> None:
     for client in list(_clients.values()):
         await client.aclose()
     _clients.clear()
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else None
 
 
 def _error_message(response: httpx.Response) -> str:
@@ -107,16 +129,27 @@ def classify(response: httpx.Response, what: str) -> None:
         raise RetryableError(message, status_code=409, retry_after=_retry_after(response))
     if status in (408, 429):
         raise RetryableError(message, status_code=status, retry_after=_retry_after(response))
+    if status == 422 and _error_code(response) == KEY_REUSED:
+        log.error("%s: Idempotency-Key conflict (a step's arguments changed between attempts?)", what)
+        raise TerminalError(
+            f"{what}: idempotency_key_conflict: the tool service holds this call's key for another "
+            "request; nothing was done twice, but the step cannot go on (see the agent's log)",
+            status_code=409,
+        )
+    if status == 401:
+        # Our own credential was refused: a configuration fault an operator fixes, not a task's
+        # outcome. Retried (the task stalls, visibly) instead of failing work a human approved.
+        raise ToolServiceError(f"{message} (check TOOLS_API_TOKEN)")
     if status < 500:
         raise TerminalError(message, status_code=status)
     raise ToolServiceError(message)
 
 
-async def call_tool(name: str, args: dict[str, Any], idempotency_key: str) -> ToolResult:
-    """POST /tools/{name} with the call's Idempotency-Key; run only inside `ctx.run_typed`."""
+async def call_tool(agent: str, name: str, args: dict[str, Any], idempotency_key: str) -> ToolResult:
+    """POST /tools/{name} for `agent` with the call's Idempotency-Key; only inside `ctx.run_typed`."""
     try:
         response = await _client().post(
-            f"/tools/{name}", json=args, headers={"Idempotency-Key": idempotency_key}
+            f"/tools/{name}", json=args, headers={"Idempotency-Key": idempotency_key, AGENT_HEADER: agent}
         )
     except httpx.TransportError as exc:
         raise ToolServiceError(f"tool {name}: tool service unreachable: {exc!r}") from exc
@@ -132,10 +165,10 @@ async def call_tool(name: str, args: dict[str, Any], idempotency_key: str) -> To
     )
 
 
-async def fetch_catalog() -> ToolCatalog:
-    """GET /tools: the tools the service offers, their argument schemas and side-effect flags."""
+async def fetch_catalog(agent: str) -> ToolCatalog:
+    """GET /tools: the tools the service offers `agent`, their argument schemas and side effects."""
     try:
-        response = await _client().get("/tools")
+        response = await _client().get("/tools", headers={AGENT_HEADER: agent})
     except httpx.TransportError as exc:
         raise ToolServiceError(f"tool catalog: tool service unreachable: {exc!r}") from exc
     classify(response, "tool catalog")

@@ -18,7 +18,6 @@ from typing import Any
 
 import httpx
 
-from app.settings import DEV_WEBHOOK_SECRET
 from deploy.local import ROOT, Stack, StackError, running_stack, wait_until
 from tools.seed import seed_expenses
 
@@ -70,14 +69,14 @@ def decide_by_webhook(stack: Stack, agent: str, task_id: str, decision: str) -> 
         "comment": f"{decision.replace('approve', 'approved').replace('reject', 'rejected')} in the demo",
         "approval_hash": pending["approval_hash"],
     }
-    answer = stack.signed_webhook(body, DEV_WEBHOOK_SECRET)
+    answer = stack.signed_webhook(body)
     say(f"  {task_id}: waiting for {pending['approvers']} -> {decision} by {pending['approvers'][0]}")
     say(f"    signed POST /webhooks/approval answered {answer.status_code} {answer.json().get('status', '')}")
 
 
 def expense_demo(stack: Stack) -> tuple[bool, str | None]:
     say("Seeding sample expenses (receipts rendered with Pillow) through POST /expenses:")
-    with httpx.Client(base_url=stack.tools_url, timeout=60) as client:
+    with httpx.Client(base_url=stack.tools_url, timeout=60, headers=stack.expenses_auth) as client:
         expenses = seed_expenses(client)
     tasks: dict[str, str] = {}
     invocations: dict[str, str] = {}
@@ -106,7 +105,7 @@ def expense_demo(stack: Stack) -> tuple[bool, str | None]:
     inspect(stack, tasks[journal_label], invocations[journal_label])
 
     say("\nThe ledger (one double-entry posting per approved expense):")
-    ledger = httpx.get(f"{stack.tools_url}/ledger", timeout=10).json()["postings"]
+    ledger = stack.tools_get("/ledger").json()["postings"]
     for posting in ledger:
         say(f"  {posting['posting_id']}  {posting['expense_id']}  approved by {posting['approved_by']}")
         for line in posting["lines"]:

@@ -22,6 +22,8 @@ from typing import IO, Any
 
 import httpx
 
+from deploy import request_identity
+
 ROOT = Path(__file__).resolve().parent.parent
 RESTATE_SERVER_BIN = ROOT / "node_modules/@restatedev/restate-server-linux-x64/bin/restate-server"
 RESTATE_CLI_BIN = ROOT / "node_modules/@restatedev/restate-linux-x64/bin/restate"
@@ -162,6 +164,9 @@ class Stack:
     restate: ManagedProcess | None = None
     tools: ManagedProcess | None = None
     app: ManagedProcess | None = None
+    # Restate request identity (the server signs, the agent endpoint checks); made at start.
+    identity_key_file: Path | None = None
+    identity_public_key: str | None = None
 
     @property
     def ingress_url(self) -> str:
@@ -193,6 +198,9 @@ class Stack:
         env.update(
             {
                 "PYTHONUNBUFFERED": "1",
+                # Development: the well-known secrets below and the crash matrix's fault switch.
+                # Production refuses both (tests/app/test_settings.py shows it).
+                "ENV": "development",
                 "RESTATE_INGRESS_URL": self.ingress_url,
                 "RESTATE_ADMIN_URL": self.admin_url,
                 "APP_HOST": "127.0.0.1",
@@ -204,6 +212,8 @@ class Stack:
                 "DATABASE_URL": self.database_url,
             }
         )
+        if self.identity_public_key is not None:
+            env["RESTATE_IDENTITY_PUBLIC_KEYS"] = self.identity_public_key
         if self.always_replay:
             # Defer the inactivity timeout to the server, which is set to 0s below.
             env["AGENT_INACTIVITY_TIMEOUT_SECONDS"] = "0"
@@ -224,6 +234,8 @@ class Stack:
                 "RESTATE_DEFAULT_RETRY_POLICY__MAX_INTERVAL": "2s",
             }
         )
+        if self.identity_key_file is not None:
+            env[request_identity.SERVER_KEY_VARIABLE] = str(self.identity_key_file)
         if self.always_replay:
             # Suspend after every await and replay on resume: shakes out any non-determinism.
             env["RESTATE_WORKER__INVOKER__INACTIVITY_TIMEOUT"] = "0s"
@@ -278,6 +290,8 @@ class Stack:
 
     def start(self) -> Stack:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        # A fresh request-identity key pair per stack: the agent endpoint accepts only this server.
+        self.identity_key_file, self.identity_public_key = request_identity.generate(self.workdir / "keys")
         try:
             self.start_restate()
             self.start_tools()
@@ -357,24 +371,76 @@ class Stack:
         comment: str | None = None,
         approval_hash: str | None = None,
     ) -> httpx.Response:
-        """Decide the task's pending approval through its `decide` handler (hash read from status)."""
+        """Decide the task's pending approval the way an integration does: the signed webhook
+        (hash read from status unless given); the webhook's answer."""
         if approval_hash is None:
             pending = self.status(agent, key).get("pending_approval") or {}
             approval_hash = pending.get("approval_hash", "0" * 64)
-        body = {"decision": decision, "approver": approver, "comment": comment}
-        return self.call(agent, key, "decide", {**body, "approval_hash": approval_hash}, timeout=30.0)
+        body = {
+            "agent": agent,
+            "task_id": key,
+            "decision": decision,
+            "approver": approver,
+            "comment": comment,
+            "approval_hash": approval_hash,
+        }
+        return self.signed_webhook(body)
 
-    def signed_webhook(self, payload: Mapping[str, Any] | bytes, secret: str) -> httpx.Response:
+    def signed_webhook(
+        self, payload: Mapping[str, Any] | bytes, secret: str | None = None, timestamp: int | None = None
+    ) -> httpx.Response:
         """POST a decision to the approvals webhook, signed as a real sender would sign it."""
-        from app.approvals.signature import HEADER, sign
+        from app.approvals.signature import signed_headers
 
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         return httpx.post(
             f"{self.approvals_url}/webhooks/approval",
             content=body,
-            headers={"content-type": "application/json", HEADER: sign(secret, body)},
+            headers={
+                "content-type": "application/json",
+                **signed_headers(secret or self.webhook_secret, body, timestamp),
+            },
             timeout=30.0,
         )
+
+    # --- credentials (the services run with ENV=development and these well-known values) -----
+
+    @property
+    def webhook_secret(self) -> str:
+        from app.settings import DEV_WEBHOOK_SECRET
+
+        return self.extra_env.get("APPROVAL_WEBHOOK_SECRET", DEV_WEBHOOK_SECRET)
+
+    @property
+    def operator_auth(self) -> dict[str, str]:
+        from app.settings import DEV_OPERATOR_TOKEN
+
+        return {"authorization": f"Bearer {self.extra_env.get('OPERATOR_TOKEN', DEV_OPERATOR_TOKEN)}"}
+
+    @property
+    def tools_auth(self) -> dict[str, str]:
+        from tools.settings import DEV_TOOLS_API_TOKEN
+
+        return {"authorization": f"Bearer {self.extra_env.get('TOOLS_API_TOKEN', DEV_TOOLS_API_TOKEN)}"}
+
+    @property
+    def expenses_auth(self) -> dict[str, str]:
+        from tools.settings import DEV_EXPENSES_API_TOKEN
+
+        token = self.extra_env.get("EXPENSES_API_TOKEN", DEV_EXPENSES_API_TOKEN)
+        return {"authorization": f"Bearer {token}"}
+
+    def approver_credential(self, approver: str) -> str:
+        """Issue a personal inbox credential for `approver` in this stack's database."""
+        from app.approvals.identity import credentials_for
+
+        return credentials_for(self.database_url).issue(approver)
+
+    def tools_get(self, path: str, params: Mapping[str, Any] | None = None) -> httpx.Response:
+        """GET one of the tool service's routes with the credential that route takes."""
+        expense_route = path.startswith(("/expenses", "/ledger"))
+        auth = self.expenses_auth if expense_route else self.tools_auth
+        return httpx.get(f"{self.tools_url}{path}", params=dict(params or {}), headers=auth, timeout=30.0)
 
     def _ingress_post(
         self, path: str, body: Any, *, headers: Mapping[str, str] | None = None, timeout: float = 30.0

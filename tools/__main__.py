@@ -11,6 +11,7 @@ from typing import Any
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
+from common.environment import load_or_exit
 from tools.api import create_app
 from tools.settings import ToolsSettings, get_tools_settings
 
@@ -71,7 +72,7 @@ async def run(settings: ToolsSettings) -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(run(get_tools_settings()))
+    asyncio.run(run(load_or_exit("tool service", get_tools_settings)))
 
 
 if __name__ == "__main__":

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import anyio.to_thread
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
@@ -32,6 +32,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tools.approvals import ApprovalTicketQuery, get_approval_ticket, list_approval_tickets
+from tools.auth import Credential, calling_agent, require
 from tools.db import create_schema, make_engine, make_session_factory, utc_now
 from tools.definition import Tool, ToolCall, ToolError, ToolFailure, derive_id
 from tools.errors import ApiError, error_body
@@ -50,6 +51,7 @@ from tools.expenses import (
 )
 from tools.idempotency import (
     MAX_KEY_LENGTH,
+    PORTAL_KEY_PREFIX,
     Claimed,
     ClaimLost,
     IdempotencyStore,
@@ -57,6 +59,7 @@ from tools.idempotency import (
     KeyReused,
     Replay,
     StoredResponse,
+    portal_key,
     request_hash,
 )
 from tools.ledger import LedgerQuery, ledger_balance, list_postings
@@ -75,6 +78,7 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 JSON_MEDIA_TYPE = "application/json"
 
 QueryT = TypeVar("QueryT", bound=BaseModel)
+Handler = Callable[[Request], Awaitable[Response]]
 
 
 def render_json(content: Any) -> str:
@@ -103,7 +107,7 @@ def error_response(
 # --- reading and checking a tool request ----------------------------------------------------
 
 
-def idempotency_key_from(request: Request) -> str:
+def idempotency_key_from(request: Request, max_length: int = MAX_KEY_LENGTH) -> str:
     """The request's Idempotency-Key, bare (Stripe) or as a structured-field string (IETF)."""
     raw = request.headers.get(IDEMPOTENCY_KEY_HEADER)
     if raw is None or not raw.strip():
@@ -117,12 +121,11 @@ def idempotency_key_from(request: Request) -> str:
         key = key[1:-1]
     if not key:
         raise ApiError(400, "missing_idempotency_key", f"The {IDEMPOTENCY_KEY_HEADER} header is empty.")
-    if len(key) > MAX_KEY_LENGTH:
+    if len(key) > max_length:
         raise ApiError(
             400,
             "invalid_idempotency_key",
-            f"The {IDEMPOTENCY_KEY_HEADER} is {len(key)} characters long; "
-            f"at most {MAX_KEY_LENGTH} are allowed.",
+            f"The {IDEMPOTENCY_KEY_HEADER} is {len(key)} characters long; at most {max_length} are allowed.",
         )
     if not key.isprintable():
         raise ApiError(
@@ -136,7 +139,7 @@ def optional_idempotency_key(request: Request) -> str | None:
     present, it follows the same rules as for tool calls."""
     if IDEMPOTENCY_KEY_HEADER not in request.headers:
         return None
-    return idempotency_key_from(request)
+    return idempotency_key_from(request, MAX_KEY_LENGTH - len(PORTAL_KEY_PREFIX))
 
 
 def check_content_type(request: Request) -> None:
@@ -300,7 +303,21 @@ class _ToolService:
         tool = self.registry.get(name)
         if tool is None:
             raise ApiError(404, "unknown_tool", f"There is no tool named {name!r}; GET /tools lists them.")
+        agent = calling_agent(request)
+        if not self.registry.granted(agent, tool.name):
+            raise ApiError(
+                403,
+                "tool_not_granted",
+                f"The agent {agent} may not call {tool.name!r}; GET /tools lists the tools it may call.",
+            )
         key = idempotency_key_from(request)
+        if key.startswith(PORTAL_KEY_PREFIX):
+            # The expense portal's namespace (tools/idempotency.py): not a tool call's to take.
+            raise ApiError(
+                400,
+                "invalid_idempotency_key",
+                f"An {IDEMPOTENCY_KEY_HEADER} of a tool call may not start with {PORTAL_KEY_PREFIX!r}.",
+            )
         check_content_type(request)
         payload = parse_json_object(await read_body(request, self.settings.max_body_bytes))
         args = validate_args(tool, payload)
@@ -329,7 +346,13 @@ class _ToolService:
             return self._run_tool(
                 tool,
                 args,
-                ToolCall(session=session, idempotency_key=key, now=self.clock(), prepared=prepared),
+                ToolCall(
+                    session=session,
+                    idempotency_key=key,
+                    now=self.clock(),
+                    prepared=prepared,
+                    settings=self.settings,
+                ),
             )
 
         try:
@@ -406,7 +429,9 @@ class _ToolService:
         )
 
     async def list_tools(self, request: Request) -> Response:
-        return json_response({"tools": self.registry.catalog()})
+        query = parse_query(request, _CatalogQuery)
+        agent = calling_agent(request) or query.agent
+        return json_response({"tools": self.registry.catalog(agent)})
 
     async def health(self, request: Request) -> Response:
         try:
@@ -422,7 +447,9 @@ class _ToolService:
 
     async def get_idempotency_record(self, request: Request) -> Response:
         key = request.path_params["key"]
-        record = await anyio.to_thread.run_sync(self.store.get, key)
+        query = parse_query(request, _IdempotencyQuery)
+        stored = portal_key(key) if query.scope == "expenses" else key
+        record = await anyio.to_thread.run_sync(self.store.get, stored)
         if record is None:
             raise ApiError(
                 404, "unknown_idempotency_key", f"No request has used the Idempotency-Key {key!r}."
@@ -465,12 +492,21 @@ class _ToolService:
     async def submit_expense(self, request: Request) -> Response:
         """`POST /expenses`: everything is checked before anything is stored; with an
         Idempotency-Key, the expense commits together with the key's response."""
-        key = optional_idempotency_key(request)
+        given = optional_idempotency_key(request)
+        # Stored in the portal's own namespace: a portal can never squat an agent's key.
+        key = None if given is None else portal_key(given)
         form = await read_multipart_form(
             request, max_body_bytes=SUBMISSION_MAX_BYTES, max_parts=SUBMISSION_MAX_PARTS
         )
         # Decoding the image to prove it is one takes CPU time: off the event loop.
-        submission = await anyio.to_thread.run_sync(parse_submission, form)
+        submission = await anyio.to_thread.run_sync(
+            partial(
+                parse_submission,
+                form,
+                today=self.clock().date(),
+                max_age_days=self.settings.expense_max_age_days,
+            )
+        )
 
         if key is None:
             view = await anyio.to_thread.run_sync(
@@ -559,6 +595,22 @@ class _NoQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class _CatalogQuery(BaseModel):
+    """`GET /tools?agent=...`: the catalog of one agent's toolset (all tools without it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent: str | None = Field(None, min_length=1, max_length=64)
+
+
+class _IdempotencyQuery(BaseModel):
+    """`GET /idempotency/{key}?scope=...`: which caller's key (the agent service's by default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scope: Literal["tools", "expenses"] = "tools"
+
+
 def _unknown_expense(expense_id: str) -> ApiError:
     return ApiError(
         404, "unknown_expense", f"There is no expense with id {expense_id!r}.", {"expense_id": expense_id}
@@ -607,22 +659,38 @@ def create_app(
         finally:
             engine.dispose()
 
+    def guarded(credential: Credential, handler: Handler) -> Handler:
+        async def checked(request: Request) -> Response:
+            require(request, settings, credential)
+            return await handler(request)
+
+        return checked
+
+    tools, expenses = Credential.TOOLS, Credential.EXPENSES
     app = Starlette(
         routes=[
-            Route("/tools", service.list_tools, methods=["GET"]),
-            Route("/tools/{name}", service.call_tool, methods=["POST"]),
             Route("/health", service.health, methods=["GET"]),
-            Route("/idempotency/{key:path}", service.get_idempotency_record, methods=["GET"]),
-            Route("/tickets", service.get_tickets, methods=["GET"]),
-            Route("/notifications", service.get_notifications, methods=["GET"]),
-            Route("/approval-tickets", service.get_approval_tickets, methods=["GET"]),
-            Route("/approval-tickets/{ticket_id}", service.get_approval_ticket_by_id, methods=["GET"]),
-            Route("/expenses", service.submit_expense, methods=["POST"]),
-            Route("/expenses", service.get_expenses, methods=["GET"]),
-            Route("/expenses/{expense_id}", service.get_expense_by_id, methods=["GET"]),
-            Route("/expenses/{expense_id}/receipt", service.get_expense_receipt, methods=["GET"]),
-            Route("/ledger", service.get_ledger, methods=["GET"]),
-            Route("/ledger/balance", service.get_ledger_balance, methods=["GET"]),
+            Route("/tools", guarded(tools, service.list_tools), methods=["GET"]),
+            Route("/tools/{name}", guarded(tools, service.call_tool), methods=["POST"]),
+            Route("/idempotency/{key:path}", guarded(tools, service.get_idempotency_record), methods=["GET"]),
+            Route("/tickets", guarded(tools, service.get_tickets), methods=["GET"]),
+            Route("/notifications", guarded(tools, service.get_notifications), methods=["GET"]),
+            Route("/approval-tickets", guarded(tools, service.get_approval_tickets), methods=["GET"]),
+            Route(
+                "/approval-tickets/{ticket_id}",
+                guarded(tools, service.get_approval_ticket_by_id),
+                methods=["GET"],
+            ),
+            Route("/expenses", guarded(expenses, service.submit_expense), methods=["POST"]),
+            Route("/expenses", guarded(expenses, service.get_expenses), methods=["GET"]),
+            Route("/expenses/{expense_id}", guarded(expenses, service.get_expense_by_id), methods=["GET"]),
+            Route(
+                "/expenses/{expense_id}/receipt",
+                guarded(expenses, service.get_expense_receipt),
+                methods=["GET"],
+            ),
+            Route("/ledger", guarded(expenses, service.get_ledger), methods=["GET"]),
+            Route("/ledger/balance", guarded(expenses, service.get_ledger_balance), methods=["GET"]),
         ],
         exception_handlers={
             ApiError: _api_error,

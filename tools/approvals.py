@@ -8,6 +8,10 @@ tells every approver it is gone), so no approver is left looking at a request no
 The gate itself (the awakeable, the timer, who decided) lives in the agent service; a ticket is
 what people and dispatchers see. Its messages go through the outbox (tools/notifications.py),
 in the same transaction as the ticket and the Idempotency-Key.
+
+A ticket is also the tool service's own record of a decision: one that names its `subject`
+(`expense:EXP-…`) and was closed `approved` is the evidence `record_expense` requires before it
+books that expense as approved by a person (tools/ledger.py).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
-from sqlalchemy import JSON, Index, String, Text, select, text
+from sqlalchemy import JSON, Connection, Index, String, Text, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -32,6 +36,9 @@ PERSON_MAX_LENGTH = 128
 MAX_PEOPLE = 10
 TEXT_MAX_LENGTH = 2000
 TICKET_ID_MAX_LENGTH = 64
+# What a ticket approves, as "{kind}:{id}" (e.g. "expense:EXP-0123456789ab").
+SUBJECT_MAX_LENGTH = 128
+SUBJECT_PATTERN = r"^[a-z_]+:[A-Za-z0-9_.:-]+$"
 LIST_LIMIT = 100
 
 
@@ -56,6 +63,14 @@ def _in_utc(value: datetime) -> datetime:
 Person = Annotated[str, Field(min_length=1, max_length=PERSON_MAX_LENGTH)]
 People = Annotated[list[Person], Field(min_length=1, max_length=MAX_PEOPLE), AfterValidator(_distinct)]
 TicketId = Annotated[str, Field(min_length=1, max_length=TICKET_ID_MAX_LENGTH)]
+Subject = Annotated[
+    str,
+    Field(
+        max_length=SUBJECT_MAX_LENGTH,
+        pattern=SUBJECT_PATTERN,
+        description='What the ticket approves, as "{kind}:{id}", e.g. "expense:EXP-0123456789ab"',
+    ),
+]
 
 
 class ApprovalTicket(Base):
@@ -92,6 +107,9 @@ class ApprovalTicket(Base):
     comment: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # What the ticket approves ("expense:EXP-…"); NULL for gates that name no subject, and for
+    # tickets written before the column existed (see upgrade_approval_tickets_table).
+    subject: Mapped[str | None] = mapped_column(String(SUBJECT_MAX_LENGTH))
 
 
 # --- arguments and results ------------------------------------------------------------------
@@ -106,6 +124,9 @@ class RequestApprovalArgs(ToolArgs):
     # No "must be in the future": a retry of a journaled call may arrive after the deadline, and
     # refusing it would fail the gate instead of recording it (the agent's timer expires it).
     deadline: Annotated[AwareDatetime, AfterValidator(_in_utc)]
+    # What is approved, for a gate whose approval another tool checks (record_expense requires a
+    # ticket with the subject "expense:{expense_id}").
+    subject: Subject | None = None
 
 
 class RemindApprovalArgs(ToolArgs):
@@ -159,6 +180,7 @@ class ApprovalTicketView(ToolResult):
     comment: str | None
     created_at: datetime
     closed_at: datetime | None
+    subject: str | None
 
 
 class ApprovalTicketQuery(BaseModel):
@@ -179,7 +201,7 @@ def request_approval(call: ToolCall, args: RequestApprovalArgs) -> ApprovalReque
     if existing is not None:
         # The gate already has an open ticket (asked under another key, e.g. by an earlier visit
         # of the state): answer with it and notify nobody again.
-        return ApprovalRequested(approval_ticket_id=existing.ticket_id, status="open", notified=[])
+        return _already_open(existing, args)
     ticket = ApprovalTicket(
         ticket_id=call.derived_id("APR"),
         idempotency_key=call.idempotency_key,
@@ -192,6 +214,7 @@ def request_approval(call: ToolCall, args: RequestApprovalArgs) -> ApprovalReque
         status="open",
         reminders=0,
         created_at=call.now,
+        subject=args.subject,
     )
     try:
         with call.session.begin_nested():
@@ -204,8 +227,9 @@ def request_approval(call: ToolCall, args: RequestApprovalArgs) -> ApprovalReque
         existing = _open_ticket(call.session, args)
         if existing is None:
             raise
-        return ApprovalRequested(approval_ticket_id=existing.ticket_id, status="open", notified=[])
+        return _already_open(existing, args)
     deadline = _stamp(ticket.deadline)
+    approves = f"Approves: {ticket.subject}\n" if ticket.subject else ""
     queue_messages(
         call,
         "approval_request",
@@ -217,6 +241,7 @@ def request_approval(call: ToolCall, args: RequestApprovalArgs) -> ApprovalReque
                 body=(
                     f"{ticket.summary}\n\n"
                     f"Please approve or reject before {deadline}.\n"
+                    f"{approves}"
                     f"Approval ticket: {ticket.ticket_id}\n"
                     f"Approval hash: {ticket.approval_hash}"
                 ),
@@ -284,6 +309,28 @@ def close_approval(call: ToolCall, args: CloseApprovalArgs) -> ApprovalClosed:
     return ApprovalClosed(approval_ticket_id=ticket.ticket_id, status=args.outcome)
 
 
+def _already_open(existing: ApprovalTicket, args: RequestApprovalArgs) -> ApprovalRequested:
+    """The answer for a gate that has its open ticket; 409 when that ticket approves another
+    subject than the request names (answering with it would approve something else)."""
+    if existing.subject != args.subject:
+        raise ToolError(
+            409,
+            "approval_subject_mismatch",
+            f"The gate's open approval ticket {existing.ticket_id!r} approves "
+            f"{_subject_text(existing.subject)}, not {_subject_text(args.subject)}.",
+            {
+                "approval_ticket_id": existing.ticket_id,
+                "subject": existing.subject,
+                "requested_subject": args.subject,
+            },
+        )
+    return ApprovalRequested(approval_ticket_id=existing.ticket_id, status="open", notified=[])
+
+
+def _subject_text(subject: str | None) -> str:
+    return "no named subject" if subject is None else repr(subject)
+
+
 def _open_ticket(session: Session, args: RequestApprovalArgs) -> ApprovalTicket | None:
     return session.scalars(
         select(ApprovalTicket).where(
@@ -340,6 +387,23 @@ def _stamp(at: datetime) -> str:
     return at.astimezone(UTC).isoformat()
 
 
+# --- upgrading a table created by an earlier version ---------------------------------------
+
+
+def upgrade_approval_tickets_table(connection: Connection) -> None:
+    """Add `subject` to an `approval_tickets` created before it existed (nullable: the tickets of
+    earlier gates name no subject, so they approve no expense). Runs in the caller's transaction,
+    before `create_all`; a table that has the column is left alone."""
+    table = Base.metadata.tables[ApprovalTicket.__tablename__]
+    inspector = inspect(connection)
+    if not inspector.has_table(table.name):
+        return
+    if "subject" in {column["name"] for column in inspector.get_columns(table.name)}:
+        return
+    # The same statement on SQLite and PostgreSQL: a nullable column without a default.
+    connection.execute(text(f"ALTER TABLE approval_tickets ADD COLUMN subject VARCHAR({SUBJECT_MAX_LENGTH})"))
+
+
 # --- inspection -----------------------------------------------------------------------------
 
 
@@ -376,7 +440,9 @@ TOOLS: tuple[Tool[Any, Any], ...] = (
         description=(
             "Approval gates only: open the approval ticket of a gate and notify each approver. "
             "A gate (agent, task_id, approval_hash) has at most one open ticket; asking again "
-            "returns it and notifies nobody."
+            "returns it and notifies nobody (409 if it names another subject). `subject` names "
+            'what is approved, e.g. "expense:EXP-0123456789ab": record_expense books a human '
+            "approval only against an approved ticket of that expense."
         ),
         side_effects=True,
         args_model=RequestApprovalArgs,

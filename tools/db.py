@@ -105,16 +105,18 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 
 
 def create_schema(engine: Engine) -> None:
-    """Create every table the service owns; existing tables are left as they are, except the
-    outbox of an earlier version, which is upgraded (see notifications.upgrade_outbox_table).
+    """Create every table the service owns; existing tables are left as they are, except those
+    of an earlier version, which are upgraded (see notifications.upgrade_outbox_table and
+    approvals.upgrade_approval_tickets_table).
 
     Tables register on Base.metadata when their modules are imported, so this imports the
     idempotency store and the default registry (which imports every tool domain) first.
     """
     # Imported here, not at the top: those modules import this one for Base.
-    from tools import idempotency, notifications, registry  # noqa: F401
+    from tools import approvals, idempotency, notifications, registry  # noqa: F401
 
     # One transaction: a process that dies half-way through an upgrade leaves the old shape.
     with engine.begin() as connection:
         notifications.upgrade_outbox_table(connection)
+        approvals.upgrade_approval_tickets_table(connection)
         Base.metadata.create_all(connection)

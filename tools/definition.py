@@ -15,6 +15,8 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.orm import Session, sessionmaker
 
+from tools.settings import ToolsSettings
+
 
 class ToolArgs(BaseModel):
     """Base of every tool's arguments: an unknown field is an error, never silently dropped."""
@@ -76,6 +78,8 @@ class ToolCall:
     now: datetime
     # What the tool's `prepare` produced before this transaction began (None for other tools).
     prepared: object = None
+    # The service's settings, for tools that enforce a policy (the ledger's evidence rules).
+    settings: ToolsSettings | None = None
 
     def derived_id(self, prefix: str) -> str:
         """An id for the row this call creates, derived from the Idempotency-Key, never random:

@@ -5,6 +5,9 @@ tools/api.py); the ExpenseReport agent then reads it (`get_expense`), checks the
 the claim (`ocr_receipt`), routes it (tools/routing.py) and records it (tools/ledger.py). The
 record is the claim exactly as submitted: nothing edits it afterwards except its status, which
 the ledger moves to `recorded`, so what was verified is what gets booked.
+
+`ocr_receipt` also keeps the tool service's own record of what it read (`receipt_checks`): the
+ledger books an expense only against that record, never against a reading the agent passes on.
 """
 
 from __future__ import annotations
@@ -27,12 +30,15 @@ from pydantic import (
     PlainSerializer,
     PlainValidator,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
+    field_validator,
 )
-from sqlalchemy import Date, Index, LargeBinary, Numeric, String, Text, select
+from pydantic_core import PydanticCustomError
+from sqlalchemy import Date, ForeignKey, Index, LargeBinary, Numeric, String, Text, select
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
-from tools.db import Base, UTCDateTime
+from tools.db import Base, UTCDateTime, utc_now
 from tools.definition import Tool, ToolArgs, ToolCall, ToolError, ToolResult
 from tools.errors import ApiError
 from tools.idempotency import request_hash
@@ -60,6 +66,13 @@ RECEIPT_MAX_BYTES = 5 * 1024 * 1024
 SUBMISSION_MAX_BYTES = RECEIPT_MAX_BYTES + 64 * 1024
 SUBMISSION_MAX_PARTS = 16
 LIST_LIMIT = 100
+# A claim may be dated up to one day after the service's UTC date (the employee's time zone may
+# be ahead of UTC), and at most this many days before it unless the caller says otherwise
+# (the service passes its EXPENSE_MAX_AGE_DAYS).
+FUTURE_DATE_ALLOWANCE = dt.timedelta(days=1)
+DEFAULT_MAX_AGE_DAYS = 365
+SHA256_LENGTH = 64
+OCR_ENGINE_MAX_LENGTH = 64
 
 Category = Literal["travel", "meals", "lodging", "software", "office_supplies", "training", "other"]
 CATEGORIES: tuple[str, ...] = get_args(Category)
@@ -96,6 +109,31 @@ def _to_date(value: object) -> object:
         except ValueError:
             raise ValueError(f"is not a date that exists ({value})") from None
     return value
+
+
+def service_date() -> dt.date:
+    """Today in UTC, by the service clock: what "in the future" and "too old" are measured from
+    (a module-level function, so a test can move it)."""
+    return utc_now().date()
+
+
+def date_problem(value: dt.date, *, today: dt.date, max_age_days: int) -> PydanticCustomError | None:
+    """Why an expense dated `value` cannot be claimed on `today`, or None when it can."""
+    latest = today + FUTURE_DATE_ALLOWANCE
+    if value > latest:
+        return PydanticCustomError(
+            "date_in_future",
+            "must not be in the future: at most one day after today ({today}, UTC), so on or before {latest}",
+            {"today": today.isoformat(), "latest": latest.isoformat()},
+        )
+    earliest = today - dt.timedelta(days=max_age_days)
+    if value < earliest:
+        return PydanticCustomError(
+            "date_too_old",
+            "is too old: expenses may be claimed for at most {max_age_days} days, so on or after {earliest}",
+            {"max_age_days": max_age_days, "earliest": earliest.isoformat()},
+        )
+    return None
 
 
 def _no_control_characters(value: str) -> str:
@@ -159,6 +197,26 @@ class Expense(Base):
     submitted_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
+class ReceiptCheck(Base):
+    """The tool service's own record of what OCR read on an expense's receipt (`ocr_receipt`):
+    the evidence `record_expense` checks. One per expense; a later OCR replaces it."""
+
+    __tablename__ = "receipt_checks"
+
+    expense_id: Mapped[str] = mapped_column(ForeignKey("expenses.expense_id"), primary_key=True)
+    # Which image was read: the ledger accepts the check only for the expense's own receipt.
+    receipt_sha256: Mapped[str] = mapped_column(String(SHA256_LENGTH))
+    readable: Mapped[bool]
+    merchant: Mapped[str | None] = mapped_column(String(MERCHANT_MAX_LENGTH))
+    receipt_date: Mapped[dt.date | None] = mapped_column(Date)
+    total: Mapped[Decimal | None] = mapped_column(Numeric(12, 2))
+    consistent: Mapped[bool]
+    engine: Mapped[str] = mapped_column(String(OCR_ENGINE_MAX_LENGTH))
+    # The ocr_receipt call that wrote it.
+    idempotency_key: Mapped[str] = mapped_column(String(255))
+    checked_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
 # --- the submission -------------------------------------------------------------------------
 
 
@@ -173,6 +231,20 @@ class ExpenseSubmission(BaseModel):
     date: IsoDate
     merchant: Merchant
     description: Description = ""
+
+    @field_validator("date")
+    @classmethod
+    def _claimable(cls, value: dt.date, info: ValidationInfo) -> dt.date:
+        # The day and the age limit come from the validation context (parse_submission); without
+        # one, today and the default limit: a claim is never accepted unchecked.
+        context = info.context if isinstance(info.context, dict) else {}
+        today = context.get("today") or service_date()
+        problem = date_problem(
+            value, today=today, max_age_days=context.get("max_age_days", DEFAULT_MAX_AGE_DAYS)
+        )
+        if problem is not None:
+            raise problem
+        return value
 
 
 @dataclass(frozen=True)
@@ -198,11 +270,15 @@ class Submission:
         )
 
 
-def parse_submission(form: Form) -> Submission:
-    """The submission in `form`, or an ApiError: 422 with every field problem at once, then for
+def parse_submission(
+    form: Form, *, today: dt.date | None = None, max_age_days: int = DEFAULT_MAX_AGE_DAYS
+) -> Submission:
+    """The submission in `form`, or an ApiError: 422 with every field problem at once (a date
+    more than a day after `today` or more than `max_age_days` days before it is one), then for
     the receipt 413 (too large), 415 (not PNG or JPEG by its bytes) or 422 (does not decode).
 
-    Blocking (the image is decoded): call it from a worker thread.
+    `today` defaults to the service's UTC date (`service_date`). Blocking (the image is decoded):
+    call it from a worker thread.
     """
     errors: list[dict[str, Any]] = []
     for name in sorted({*form.fields, *form.files}):
@@ -212,7 +288,9 @@ def parse_submission(form: Form) -> Submission:
     text_fields = {name: values[0] for name, values in form.fields.items() if name != RECEIPT_FIELD}
     fields: ExpenseSubmission | None = None
     try:
-        fields = ExpenseSubmission.model_validate(text_fields)
+        fields = ExpenseSubmission.model_validate(
+            text_fields, context={"today": today or service_date(), "max_age_days": max_age_days}
+        )
     except ValidationError as exc:
         errors.extend(
             _form_error(".".join(str(part) for part in error["loc"]), error["msg"], error["type"])
@@ -461,6 +539,8 @@ def get_expense(call: ToolCall, args: GetExpenseArgs) -> ExpenseRecord:
 @dataclass(frozen=True)
 class _ReceiptRead:
     expense_id: str
+    # The sha256 of the very bytes OCR read.
+    receipt_sha256: str
     reading: ReceiptReading
 
 
@@ -471,14 +551,22 @@ def _read_expense_receipt(sessions: sessionmaker[Session], args: OcrReceiptArgs)
         image = session.scalar(select(Expense.receipt_image).where(Expense.expense_id == args.expense_id))
     if image is None:
         return None  # ocr_receipt answers 404 in its transaction, where the answer is stored
-    return _ReceiptRead(expense_id=args.expense_id, reading=read_receipt(image))
+    return _ReceiptRead(
+        expense_id=args.expense_id,
+        receipt_sha256=hashlib.sha256(image).hexdigest(),
+        reading=read_receipt(image),
+    )
 
 
 def ocr_receipt(call: ToolCall, args: OcrReceiptArgs) -> OcrReceiptResult:
     prepared = call.prepared
     if not isinstance(prepared, _ReceiptRead) or prepared.expense_id != args.expense_id:
         raise unknown_expense(args.expense_id)
+    # Locked until commit, as record_expense locks it: an OCR and a booking of one expense
+    # serialise, and so do two OCRs under different keys (one replaces the other's check).
+    expense = find_expense(call.session, args.expense_id, for_update=True)
     reading = prepared.reading
+    record_receipt_check(call, expense, prepared.receipt_sha256, reading)
     return OcrReceiptResult(
         expense_id=args.expense_id,
         readable=reading.readable,
@@ -491,6 +579,27 @@ def ocr_receipt(call: ToolCall, args: OcrReceiptArgs) -> OcrReceiptResult:
         text=reading.text,
         engine=reading.engine,
     )
+
+
+def record_receipt_check(
+    call: ToolCall, expense: Expense, receipt_sha256: str, reading: ReceiptReading
+) -> None:
+    """Write (or replace) the service's record of what OCR read on the expense's receipt."""
+    check = call.session.get(ReceiptCheck, expense.expense_id)
+    if check is None:
+        check = ReceiptCheck(expense_id=expense.expense_id)
+        call.session.add(check)
+    check.receipt_sha256 = receipt_sha256
+    check.readable = reading.readable
+    # PostgreSQL refuses NUL in text; what OCR made of the first line is only for people.
+    check.merchant = None if reading.merchant is None else reading.merchant.replace("\x00", "")
+    check.receipt_date = reading.date
+    check.total = reading.total
+    check.consistent = reading.consistent
+    check.engine = reading.engine[:OCR_ENGINE_MAX_LENGTH]
+    check.idempotency_key = call.idempotency_key
+    check.checked_at = call.now
+    call.session.flush()
 
 
 def _optional_amount(amount: Decimal | None) -> str | None:
@@ -514,8 +623,14 @@ TOOLS: tuple[Tool[Any, Any], ...] = (
         description=(
             "Read the expense's receipt image with OCR (Tesseract): merchant, date, subtotal, tax "
             "and total as printed, whether TOTAL = SUBTOTAL + TAX (consistent), and the raw text. "
-            "An unreadable receipt is an answer (readable: false), not an error."
+            "An unreadable receipt is an answer (readable: false), not an error. The tool service "
+            "keeps what it read as the receipt check record_expense requires (a later OCR of the "
+            "expense replaces it)."
         ),
+        # Still false, although it now writes: the receipt check is the tool service's internal
+        # record of its own reading, not an effect on the world (nothing is paid, booked, sent or
+        # shown to anyone), and running it again only writes the same reading again. The flag
+        # tells a planner which calls need a human's approval; this one needs none.
         side_effects=False,
         args_model=OcrReceiptArgs,
         result_model=OcrReceiptResult,

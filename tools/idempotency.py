@@ -36,6 +36,17 @@ from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 from tools.db import Base, UTCDateTime, utc_now
 
 MAX_KEY_LENGTH = 255
+# A client of the expense portal chooses its own keys: they are stored under this prefix, so they
+# can never name, or squat, a key of the agent service (whose keys are stored as they are and may
+# not start with it).
+PORTAL_KEY_PREFIX = "expenses:"
+
+
+def portal_key(key: str) -> str:
+    """The stored form of a key an expense portal chose for `POST /expenses`."""
+    return PORTAL_KEY_PREFIX + key
+
+
 # A 409 suggests retrying after the remaining lease, but at most this long: the first request
 # usually finishes well before its lease, and its response is replayable as soon as it does.
 MAX_RETRY_AFTER_SECONDS = 5

@@ -4,6 +4,18 @@ A posting debits the category's expense account and credits what the company owe
 (2100), for exactly the claimed amount: the lines always balance, and the amount is the one the
 receipt was checked against, never one passed along by the agent (that is refused).
 
+Nothing is booked on the caller's word. Before it writes anything, `record_expense` checks the
+evidence the tool service recorded itself, and refuses (403, stored under the key) without it:
+
+- its own OCR of the expense's receipt (`receipt_checks`, written by `ocr_receipt`): readable, of
+  the expense's receipt image (same sha256), and a total within EXPENSE_TOTAL_TOLERANCE of the
+  claim;
+- for a human approval, an approval ticket (`approval_ticket_id`) whose subject is this expense,
+  closed `approved`, by the `approved_by` the call names;
+- for an auto approval, the tool service's own copy of the policy: `approved_by` is
+  "policy:auto-approval", the amount is at most AUTO_APPROVE_MAX_AMOUNT and the category is one
+  of AUTO_APPROVE_CATEGORIES.
+
 An expense is booked once, whatever happens upstream. The Idempotency-Key makes a retry replay
 its answer; beyond that, the posting is unique per expense, so a second request under another key
 (a new visit of the state, a second agent run) gets the existing posting back with
@@ -16,27 +28,33 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from sqlalchemy import CheckConstraint, ForeignKey, Numeric, String, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from tools.approvals import ApprovalTicket, TicketId
 from tools.db import Base, UTCDateTime
-from tools.definition import Tool, ToolArgs, ToolCall, ToolResult
+from tools.definition import Tool, ToolArgs, ToolCall, ToolError, ToolFailure, ToolResult
 from tools.expenses import (
     Amount,
     Category,
     Currency,
+    Expense,
     ExpenseId,
+    ReceiptCheck,
     check_claim,
     find_expense,
     format_amount,
 )
+from tools.settings import ToolsSettings
 
 Approval = Literal["auto", "human"]
 # The approver-name rules of the agent service (app/approvals/models.py); "auto" approvals name
 # the policy or agent that approved.
 APPROVED_BY_PATTERN = r"^[A-Za-z0-9_.@:+-]+$"
+# The one approver an auto approval may name: the agent's auto-approval policy.
+AUTO_APPROVER = "policy:auto-approval"
 LIST_LIMIT = 100
 
 EXPENSE_ACCOUNTS: dict[str, str] = {
@@ -91,6 +109,27 @@ class RecordExpenseArgs(ToolArgs):
     currency: Currency
     approved_by: str = Field(min_length=1, max_length=128, pattern=APPROVED_BY_PATTERN)
     approval: Approval
+    # The approval ticket that approved this expense (its subject is "expense:{expense_id}"):
+    # required for a human approval, refused for an auto one.
+    approval_ticket_id: TicketId | None = Field(None, validate_default=True)
+
+    @field_validator("approval_ticket_id")
+    @classmethod
+    def _ticket_for_human_approvals(cls, value: str | None, info: ValidationInfo) -> str | None:
+        approval = info.data.get("approval")  # absent when `approval` itself is invalid
+        if approval == "human" and value is None:
+            raise ValueError(
+                "is required for a human approval: the id of the approved ticket whose subject is "
+                "expense:{expense_id}"
+            )
+        if approval == "auto" and value is not None:
+            raise ValueError("must be left out for an auto approval (the policy approves, not a ticket)")
+        return value
+
+
+def approval_subject(expense_id: str) -> str:
+    """The subject an approval ticket of the expense names (request_approval's `subject`)."""
+    return f"expense:{expense_id}"
 
 
 class PostingLine(ToolResult):
@@ -151,10 +190,27 @@ class LedgerQuery(BaseModel):
 
 
 def record_expense(call: ToolCall, args: RecordExpenseArgs) -> ExpenseRecorded:
+    settings = call.settings
+    if settings is None:
+        # The API always passes them; only a ToolCall built by hand lacks them. Without the
+        # policy nothing can be checked, and nothing is booked unchecked.
+        raise ToolFailure(
+            "expense_policy_unavailable",
+            "record_expense needs the service's settings (the expense policy) to check its evidence, "
+            "and this call carries none.",
+        )
     # Locked until commit: two requests for one expense under different keys serialise here, and
-    # the second finds the first's posting below.
+    # the second finds the first's posting below. (ocr_receipt takes the same lock, so the receipt
+    # check cannot change while it is being checked.)
     expense = find_expense(call.session, args.expense_id, for_update=True)
     check_claim(expense, args.amount, args.currency)
+    # Every call shows its evidence, also one that will find the expense booked: the answer
+    # "already posted" is for the expense's legitimate bookers, not for anyone who asks.
+    check_receipt_evidence(call.session, expense, settings)
+    if args.approval == "human":
+        check_human_approval(call.session, expense, args)
+    else:
+        check_auto_approval(expense, args, settings)
     existing = _posting_of(call.session, expense.expense_id)
     if existing is not None:
         return _recorded(call.session, existing, already_posted=True)
@@ -191,6 +247,128 @@ def record_expense(call: ToolCall, args: RecordExpenseArgs) -> ExpenseRecorded:
         return _recorded(call.session, existing, already_posted=True)
     expense.status = "recorded"
     return _recorded(call.session, posting, already_posted=False)
+
+
+# --- the evidence ---------------------------------------------------------------------------
+
+
+def check_receipt_evidence(session: Session, expense: Expense, settings: ToolsSettings) -> None:
+    """403 unless the tool service's own OCR of this expense's receipt backs the claim."""
+    expense_id = expense.expense_id
+    check = session.get(ReceiptCheck, expense_id)
+    if check is None:
+        raise _refused(
+            "receipt_not_verified",
+            f"The receipt of expense {expense_id!r} has not been checked: the tool service has no OCR "
+            "reading of it. Call ocr_receipt for the expense before recording it.",
+            {"expense_id": expense_id},
+        )
+    if check.receipt_sha256 != expense.receipt_sha256:
+        raise _refused(
+            "receipt_not_verified",
+            f"The OCR reading on record for expense {expense_id!r} is of another image "
+            f"(sha256 {check.receipt_sha256}) than the expense's receipt (sha256 "
+            f"{expense.receipt_sha256}). Call ocr_receipt for the expense again.",
+            {
+                "expense_id": expense_id,
+                "checked_sha256": check.receipt_sha256,
+                "receipt_sha256": expense.receipt_sha256,
+            },
+        )
+    if not check.readable or check.total is None:
+        raise _refused(
+            "receipt_not_verified",
+            f"The receipt of expense {expense_id!r} could not be read (OCR found no merchant or no "
+            "total), so nothing backs the claim.",
+            {"expense_id": expense_id, "readable": False},
+        )
+    tolerance = settings.expense_total_tolerance
+    if abs(check.total - expense.amount) > tolerance:
+        raise _refused(
+            "receipt_total_mismatch",
+            f"The receipt of expense {expense_id!r} totals {format_amount(check.total)}, but "
+            f"{format_amount(expense.amount)} {expense.currency} is claimed (tolerance "
+            f"{format_amount(tolerance)}).",
+            {
+                "expense_id": expense_id,
+                "claimed": format_amount(expense.amount),
+                "receipt_total": format_amount(check.total),
+                "tolerance": format_amount(tolerance),
+            },
+        )
+
+
+def check_human_approval(session: Session, expense: Expense, args: RecordExpenseArgs) -> None:
+    """403 unless the named ticket approved this expense, decided by `approved_by`."""
+    ticket_id = args.approval_ticket_id
+    assert ticket_id is not None  # RecordExpenseArgs requires it for a human approval
+    subject = approval_subject(expense.expense_id)
+    details: dict[str, Any] = {"expense_id": expense.expense_id, "approval_ticket_id": ticket_id}
+    ticket = session.get(ApprovalTicket, ticket_id)
+    if ticket is None:
+        raise _refused(
+            "approval_not_recorded",
+            f"There is no approval ticket {ticket_id!r}: nothing approved expense {expense.expense_id!r}.",
+            details,
+        )
+    if ticket.subject != subject:
+        approves = "no named subject" if ticket.subject is None else repr(ticket.subject)
+        raise _refused(
+            "approval_not_recorded",
+            f"The approval ticket {ticket_id!r} approves {approves}, not {subject!r}.",
+            {**details, "subject": ticket.subject, "expected_subject": subject},
+        )
+    if ticket.status != "approved":
+        raise _refused(
+            "approval_not_recorded",
+            f"The approval ticket {ticket_id!r} of {subject!r} is {ticket.status}, not approved.",
+            {**details, "status": ticket.status},
+        )
+    if ticket.decided_by != args.approved_by:
+        raise _refused(
+            "approval_not_recorded",
+            f"The approval ticket {ticket_id!r} of {subject!r} was approved by {ticket.decided_by!r}, "
+            f"not by {args.approved_by!r}.",
+            {**details, "decided_by": ticket.decided_by, "approved_by": args.approved_by},
+        )
+
+
+def check_auto_approval(expense: Expense, args: RecordExpenseArgs, settings: ToolsSettings) -> None:
+    """403 unless the tool service's copy of the auto-approval policy allows this expense.
+
+    The agent also requires the classifier's confidence to reach its threshold; that figure
+    comes from a model the tool service does not run, so it cannot be checked here. What is
+    checked are the numbers no model can change: the approver, the amount and the category.
+    """
+    details: dict[str, Any] = {"expense_id": expense.expense_id}
+    if args.approved_by != AUTO_APPROVER:
+        raise _refused(
+            "auto_approval_not_allowed",
+            f"Expense {expense.expense_id!r} cannot be auto-approved by {args.approved_by!r}: an "
+            f"auto approval is made by {AUTO_APPROVER!r}, and one by a person is approval 'human' "
+            "with its approval ticket.",
+            {**details, "approved_by": args.approved_by},
+        )
+    limit = settings.auto_approve_max_amount
+    if expense.amount > limit:
+        raise _refused(
+            "auto_approval_not_allowed",
+            f"Expense {expense.expense_id!r} claims {format_amount(expense.amount)} {expense.currency}, "
+            f"above the auto-approval limit of {format_amount(limit)}: it needs a human approval.",
+            {**details, "amount": format_amount(expense.amount), "limit": format_amount(limit)},
+        )
+    categories = settings.auto_approve_categories
+    if args.category not in categories:
+        raise _refused(
+            "auto_approval_not_allowed",
+            f"The category {args.category!r} is not auto-approved (only {', '.join(categories) or 'none'}): "
+            f"expense {expense.expense_id!r} needs a human approval.",
+            {**details, "category": args.category, "categories": categories},
+        )
+
+
+def _refused(code: str, message: str, details: dict[str, Any]) -> ToolError:
+    return ToolError(403, code, message, details)
 
 
 def _posting_of(session: Session, expense_id: str) -> LedgerPosting | None:
@@ -297,8 +475,12 @@ TOOLS: tuple[Tool[Any, Any], ...] = (
         description=(
             "Book an approved expense in the ledger: debit the category's expense account, credit "
             "2100 Employee reimbursements payable, for the claimed amount (another amount is "
-            "refused). Once per expense: if it is already booked, returns that posting with "
-            "already_posted true and writes nothing."
+            "refused). Needs the tool service's own evidence, else 403: an ocr_receipt of the "
+            "expense whose total matches the claim, and for approval 'human' the "
+            "approval_ticket_id of a ticket with subject 'expense:{expense_id}' approved by "
+            "approved_by; for approval 'auto', approved_by 'policy:auto-approval' within the "
+            "auto-approval policy. Once per expense: if it is already booked, returns that "
+            "posting with already_posted true and writes nothing."
         ),
         side_effects=True,
         args_model=RecordExpenseArgs,

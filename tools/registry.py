@@ -1,8 +1,14 @@
-"""The registry: tool name -> Tool. The API serves exactly the tools registered here."""
+"""The registry: tool name -> Tool, and which agent may call which tool.
+
+The API serves exactly the tools registered here. Least privilege is enforced here, by the tool
+service, not by the agents: a calling agent (the `X-Agent` header the agent service sends) is
+offered, and may call, only its own toolset, so a planner talked into "record this expense" by
+its input cannot reach the ledger.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from tools import approvals, expenses, ledger, notifications, routing, tickets, users
@@ -12,10 +18,17 @@ from tools.definition import Tool
 class ToolRegistry:
     """An ordered, name-unique collection of tools."""
 
-    def __init__(self, tools: Iterable[Tool[Any, Any]] = ()) -> None:
+    def __init__(
+        self, tools: Iterable[Tool[Any, Any]] = (), toolsets: Mapping[str, Iterable[str]] | None = None
+    ) -> None:
         self._tools: dict[str, Tool[Any, Any]] = {}
         for tool in tools:
             self.register(tool)
+        self._toolsets = {agent: frozenset(names) for agent, names in (toolsets or {}).items()}
+        for agent, names in self._toolsets.items():
+            unknown = sorted(names - set(self._tools))
+            if unknown:
+                raise ValueError(f"the toolset of {agent} names unregistered tools {unknown}")
 
     def register(self, tool: Tool[Any, Any]) -> None:
         if tool.name in self._tools:
@@ -31,8 +44,16 @@ class ToolRegistry:
     def __len__(self) -> int:
         return len(self._tools)
 
-    def catalog(self) -> list[dict[str, Any]]:
-        """What `GET /tools` shows: enough for an agent (or a person) to call each tool."""
+    def agents(self) -> list[str]:
+        return sorted(self._toolsets)
+
+    def granted(self, agent: str | None, tool: str) -> bool:
+        """May `agent` call `tool`? None is a direct caller with the token (agentctl, the demo)."""
+        return agent is None or tool in self._toolsets.get(agent, frozenset())
+
+    def catalog(self, agent: str | None = None) -> list[dict[str, Any]]:
+        """What `GET /tools` shows: enough for an agent (or a person) to call each tool; for an
+        agent, only its own toolset."""
         return [
             {
                 "name": tool.name,
@@ -42,7 +63,19 @@ class ToolRegistry:
                 "result_schema": tool.result_model.model_json_schema(),
             }
             for tool in self
+            if self.granted(agent, tool.name)
         ]
+
+
+def _names(*groups: Iterable[Tool[Any, Any]]) -> frozenset[str]:
+    return frozenset(tool.name for group in groups for tool in group)
+
+
+# Every agent's gates call the approval tools; beyond those, each agent has its own domain.
+AGENT_TOOLSETS: dict[str, frozenset[str]] = {
+    "AgentTask": _names(users.TOOLS, tickets.TOOLS, notifications.TOOLS, approvals.TOOLS),
+    "ExpenseReport": _names(expenses.TOOLS, routing.TOOLS, ledger.TOOLS, approvals.TOOLS),
+}
 
 
 def default_registry() -> ToolRegistry:
@@ -56,5 +89,6 @@ def default_registry() -> ToolRegistry:
             *expenses.TOOLS,
             *routing.TOOLS,
             *ledger.TOOLS,
-        ]
+        ],
+        AGENT_TOOLSETS,
     )

@@ -2,11 +2,15 @@
 
     python -m tools.seed --url http://127.0.0.1:9090
 
-prints one JSON line per expense (`expense_id`, `label`, `amount`, `merchant`). Four samples
-cover the ExpenseReport agent's paths: a small lunch (auto-approved), a hotel stay and a flight
-(approval needed), and a taxi ride claimed at 94.20 whose receipt, correctly printed, says 64.20
-(VERIFY must catch it). Everything is fixed, receipts included, so OCR reads the same every run;
-each submission carries a fixed Idempotency-Key, so seeding twice creates nothing new.
+(with the expense surfaces' credential in $EXPENSES_API_TOKEN; without it, the development
+token, which only a service with ENV=development accepts) prints one JSON line per expense
+(`expense_id`, `label`, `amount`, `merchant`). Four samples cover the ExpenseReport agent's
+paths: a small lunch (auto-approved), a hotel stay and a flight (approval needed), and a taxi
+ride claimed at 94.20 whose receipt, correctly printed, says 64.20 (VERIFY must catch it).
+Everything but the dates is fixed, so OCR reads the same every run. The dates are days before
+today (UTC, as of the import of this module), because the service refuses a claim older than
+EXPENSE_MAX_AGE_DAYS; each submission carries an Idempotency-Key made of its label and its date,
+so seeding twice on one day creates nothing new.
 """
 
 from __future__ import annotations
@@ -24,11 +28,17 @@ import httpx
 
 from tools.expenses import Category, format_amount
 from tools.receipts import receipt_totals, render_receipt
+from tools.settings import DEV_EXPENSES_API_TOKEN
 
 DEFAULT_URL = "http://127.0.0.1:9090"
 # Versioned: if a sample's content ever changes, its new submission gets a new key instead of a
 # 422 for reusing the old one.
 SEED_KEY_PREFIX = "seed-v1:"
+
+
+def days_ago(days: int) -> dt.date:
+    """The UTC date `days` before today (the service measures a claim's age in UTC too)."""
+    return dt.datetime.now(dt.UTC).date() - dt.timedelta(days=days)
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,11 @@ class SampleExpense:
     currency: str = "USD"
 
     @property
+    def idempotency_key(self) -> str:
+        # With the date: a sample submitted on another day is another claim (another receipt).
+        return f"{self.date.isoformat()}:{self.label}"
+
+    @property
     def receipt_total(self) -> Decimal:
         return receipt_totals(self.items, self.tax_rate)[2]
 
@@ -63,7 +78,7 @@ SAMPLES: tuple[SampleExpense, ...] = (
         employee_id="u-1",
         merchant="Blue Bottle Cafe",
         address="300 Webster St, Oakland CA",
-        date=dt.date(2025, 3, 14),
+        date=days_ago(27),
         items=(("Avocado toast", Decimal("11.50")), ("Cold brew coffee", Decimal("5.55"))),
         tax_rate=Decimal("0.085"),
         claimed_amount=Decimal("18.50"),
@@ -75,7 +90,7 @@ SAMPLES: tuple[SampleExpense, ...] = (
         employee_id="u-2",
         merchant="Hilton Garden Inn",
         address="1 Congress St, Boston MA",
-        date=dt.date(2025, 3, 10),
+        date=days_ago(31),
         items=(("King room, 2 nights", Decimal("330.00")), ("Parking, 2 days", Decimal("45.00"))),
         tax_rate=Decimal("0.12"),
         claimed_amount=Decimal("420.00"),
@@ -87,7 +102,7 @@ SAMPLES: tuple[SampleExpense, ...] = (
         employee_id="u-2",
         merchant="Lufthansa",
         address="Venloer Str. 151, Cologne",
-        date=dt.date(2025, 4, 2),
+        date=days_ago(8),
         items=(("Flight FRA-SFO, economy", Decimal("815.00")), ("Seat reservation", Decimal("60.00"))),
         tax_rate=Decimal("0.12"),
         claimed_amount=Decimal("980.00"),
@@ -99,7 +114,7 @@ SAMPLES: tuple[SampleExpense, ...] = (
         employee_id="u-1",
         merchant="Yellow Cab Co",
         address="1200 W Lake St, Chicago IL",
-        date=dt.date(2025, 3, 12),
+        date=days_ago(29),
         items=(
             ("Metered fare", Decimal("52.70")),
             ("Airport surcharge", Decimal("5.50")),
@@ -148,7 +163,9 @@ def seed_expenses(client: httpx.Client, batch: str = "") -> list[SeededExpense]:
                 "description": sample.description,
             },
             files={"receipt": (f"{sample.label}.png", sample.receipt(), "image/png")},
-            headers={"Idempotency-Key": f"{SEED_KEY_PREFIX}{batch}{':' if batch else ''}{sample.label}"},
+            headers={
+                "Idempotency-Key": f"{SEED_KEY_PREFIX}{batch}{':' if batch else ''}{sample.idempotency_key}"
+            },
         )
         if response.status_code not in (200, 201):
             raise SeedError(
@@ -179,8 +196,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default: 30)")
     options = parser.parse_args(argv)
+    # From the environment, never the command line (which every local user can read).
+    token = os.environ.get("EXPENSES_API_TOKEN") or DEV_EXPENSES_API_TOKEN
+    headers = {"Authorization": f"Bearer {token}"}
     try:
-        with httpx.Client(base_url=options.url, timeout=options.timeout) as client:
+        with httpx.Client(base_url=options.url, timeout=options.timeout, headers=headers) as client:
             seeded = seed_expenses(client)
     except (httpx.HTTPError, SeedError) as exc:
         sys.stderr.write(f"seeding {options.url} failed: {exc}\n")

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from common.environment import Environment, parse_environment, resolve_secrets
 
 # The same default file as the agent service (app/settings.py): one embedded database for the
 # tool service and the event log, resolved against the working directory the process starts in.
 DEFAULT_DATABASE_URL = f"sqlite:///{Path('var/agents.db').resolve()}"
+# Well known, so usable only with ENV=development (common/environment.py refuses them otherwise).
+DEV_TOOLS_API_TOKEN = "dev-tools-api-token"
+DEV_EXPENSES_API_TOKEN = "dev-expenses-api-token"
 
 
 class ToolsSettings(BaseSettings):
@@ -20,9 +26,17 @@ class ToolsSettings(BaseSettings):
         env_file=".env", env_ignore_empty=True, extra="ignore", validate_by_name=True
     )
 
+    env: Environment = Field("production", alias="ENV")
+
     tools_host: str = Field("127.0.0.1", alias="TOOLS_HOST")
     tools_port: int = Field(9090, alias="TOOLS_PORT", ge=0, le=65535)
     database_url: str = Field(DEFAULT_DATABASE_URL, alias="DATABASE_URL")
+
+    # Bearer credentials: `/tools/*` and the inspection endpoints for the agent service (and
+    # agentctl, the demo); the expense REST surfaces for an expense portal. Least privilege: each
+    # route takes exactly one of them.
+    tools_api_token: SecretStr | None = Field(None, alias="TOOLS_API_TOKEN")
+    expenses_api_token: SecretStr | None = Field(None, alias="EXPENSES_API_TOKEN")
 
     # How long an in-flight claim on an Idempotency-Key blocks other requests with the same key.
     # After it, a retry may take the claim over: the holder is presumed dead (a crash between the
@@ -30,13 +44,56 @@ class ToolsSettings(BaseSettings):
     # outlast the slowest tool, or a slow-but-alive holder loses its claim and its work is rolled back.
     idempotency_lease_seconds: float = Field(60.0, alias="IDEMPOTENCY_LEASE_SECONDS", gt=0)
 
-    # TESTING KNOB, keep 0 in production. The service sleeps this long after committing the
+    # TESTING KNOB, refused in production. The service sleeps this long after committing the
     # in-flight claim and before executing the tool, so a test can observe a request in flight
     # (a concurrent duplicate gets 409) or kill the process between claim and effect.
     tools_simulated_latency_ms: int = Field(0, alias="TOOLS_SIMULATED_LATENCY_MS", ge=0)
 
     # Request bodies above this size are refused with 413 before they are parsed.
     max_body_bytes: int = Field(1024 * 1024, alias="MAX_BODY_BYTES", gt=0)
+
+    # The expense policy the ledger enforces on its own evidence (the same variables the agent
+    # service reads to choose its route; the agent may be stricter, never looser): a receipt total
+    # within the tolerance of the claim, and auto-approval only up to the amount, in the categories.
+    expense_total_tolerance: Decimal = Field(Decimal("0.05"), alias="EXPENSE_TOTAL_TOLERANCE", ge=0)
+    auto_approve_max_amount: Decimal = Field(Decimal("50.00"), alias="AUTO_APPROVE_MAX_AMOUNT", ge=0)
+    auto_approve_categories_csv: str = Field("meals,office_supplies", alias="AUTO_APPROVE_CATEGORIES")
+    # An expense dated more than this many days ago is refused at submission.
+    expense_max_age_days: int = Field(365, alias="EXPENSE_MAX_AGE_DAYS", gt=0)
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _known_environment(cls, value: object) -> Environment:
+        return parse_environment(value)
+
+    @model_validator(mode="after")
+    def _fail_closed(self) -> ToolsSettings:
+        resolved = resolve_secrets(
+            self.env,
+            {
+                "TOOLS_API_TOKEN": (self.tools_api_token, DEV_TOOLS_API_TOKEN),
+                "EXPENSES_API_TOKEN": (self.expenses_api_token, DEV_EXPENSES_API_TOKEN),
+            },
+        )
+        self.tools_api_token = resolved["TOOLS_API_TOKEN"]
+        self.expenses_api_token = resolved["EXPENSES_API_TOKEN"]
+        if self.env == "production" and self.tools_simulated_latency_ms:
+            raise ValueError("TOOLS_SIMULATED_LATENCY_MS (a testing knob) is refused when ENV=production")
+        return self
+
+    @property
+    def tools_token(self) -> str:
+        assert self.tools_api_token is not None  # resolved by _fail_closed
+        return self.tools_api_token.get_secret_value()
+
+    @property
+    def expenses_token(self) -> str:
+        assert self.expenses_api_token is not None  # resolved by _fail_closed
+        return self.expenses_api_token.get_secret_value()
+
+    @property
+    def auto_approve_categories(self) -> list[str]:
+        return [name.strip() for name in self.auto_approve_categories_csv.split(",") if name.strip()]
 
 
 @lru_cache(maxsize=1)

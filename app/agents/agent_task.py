@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from restate import ObjectContext, ObjectSharedContext, TerminalError
 from restate.serde import BytesSerde
 
-from app.approvals.gate import decide_at_gate
-from app.approvals.models import ApprovalRequest, DecideInput, GateReply
+from app.approvals.deciding import decide_with_proof
+from app.approvals.models import ApprovalRequest, GateReply, ProvenDecision
 from app.approvals.waiting import GATE_TOOLS
 from app.engine import (
     READ_RUN_OPTIONS,
@@ -115,9 +115,9 @@ async def analyze(step: StepContext[AgentTaskData]) -> Next:
 
 async def plan(step: StepContext[AgentTaskData]) -> Next:
     assert step.data.context is not None and step.data.analysis is not None
-    catalog = (await step.run("tool catalog", fetch_catalog, ToolCatalog, options=READ_RUN_OPTIONS)).without(
-        GATE_TOOLS
-    )
+    catalog = (
+        await step.run("tool catalog", fetch_catalog, ToolCatalog, step.agent, options=READ_RUN_OPTIONS)
+    ).without(GATE_TOOLS)
     request = PlanInput(
         task=step.data.task, context=step.data.context, analysis=step.data.analysis, tools=catalog.tools
     )
@@ -221,5 +221,6 @@ async def status(ctx: ObjectSharedContext) -> TaskView:
 
 @agent_task.handler(kind="shared", input_serde=BytesSerde())
 async def decide(ctx: ObjectSharedContext, raw: bytes) -> GateReply:
-    """Approve or reject the plan this task is waiting on; 409 if it is not waiting or the hash is stale."""
-    return await decide_at_gate(ctx, AGENT_TASK.name, parse_input(raw, DecideInput))
+    """Approve or reject the plan this task waits on, with the approvals surface's proof (401 without
+    it); 409 if it is not waiting or the hash is stale, 403 if the approver may not decide it."""
+    return await decide_with_proof(ctx, AGENT_TASK.name, parse_input(raw, ProvenDecision))

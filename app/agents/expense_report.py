@@ -22,8 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from restate import ObjectContext, ObjectSharedContext
 from restate.serde import BytesSerde
 
-from app.approvals.gate import decide_at_gate
-from app.approvals.models import ApprovalRequest, DecideInput, GateReply
+from app.approvals.deciding import decide_with_proof
+from app.approvals.models import ApprovalRequest, GateReply, ProvenDecision
 from app.engine import AgentEngine, Next, StepContext, TaskError, TaskView, agent_object, parse_input
 from app.llm import build_model
 from app.llm.port import Classification, ClassifyInput, LanguageModel
@@ -256,6 +256,8 @@ def approval_of_expense(step: StepContext[ExpenseData]) -> ApprovalRequest:
         },
         approvers=routing.approvers,
         escalation_approver=routing.escalation_approver,
+        # The ledger posts a human-approved expense only against an approved ticket of this subject.
+        subject=f"expense:{claim.expense_id}",
     )
 
 
@@ -263,9 +265,13 @@ async def record(step: StepContext[ExpenseData]) -> Next:
     claim, found = step.data.expense, step.data.classification
     assert claim is not None and found is not None
     approved_by = "policy:auto-approval"
+    evidence: dict[str, str] = {}
     if step.data.approval == "human":
         decided = step.approvals[-1] if step.approvals else None
         approved_by = decided.approver if decided and decided.approver else "unknown"
+        # The tool service checks the ticket itself: approved, of this expense, by this approver.
+        if decided is not None and decided.approval_ticket_id:
+            evidence["approval_ticket_id"] = decided.approval_ticket_id
     posted = await step.call_tool(
         "record_expense",
         {
@@ -275,6 +281,7 @@ async def record(step: StepContext[ExpenseData]) -> Next:
             "currency": claim.currency,
             "approved_by": approved_by,
             "approval": step.data.approval or "human",
+            **evidence,
         },
     )
     step.data.posting = Posting.model_validate(posted.result)
@@ -322,5 +329,6 @@ async def status(ctx: ObjectSharedContext) -> TaskView:
 
 @expense_report.handler(kind="shared", input_serde=BytesSerde())
 async def decide(ctx: ObjectSharedContext, raw: bytes) -> GateReply:
-    """Approve or reject the waiting report; 409 if it is not waiting or the hash is stale."""
-    return await decide_at_gate(ctx, EXPENSE_REPORT.name, parse_input(raw, DecideInput))
+    """Approve or reject the waiting report, with the approvals surface's proof (401 without it);
+    409 if it is not waiting or the hash is stale, 403 if the approver may not decide it."""
+    return await decide_with_proof(ctx, EXPENSE_REPORT.name, parse_input(raw, ProvenDecision))

@@ -1,23 +1,34 @@
 """The public approvals surface, served by `python -m app` on APPROVALS_PORT, apart from Restate.
 
-* `POST /webhooks/approval`: a signed decision (design.md); 401 bad or missing signature, 422
-  malformed, 409 not waiting or stale, 403 not an approver; 2xx only once the decision is durably
-  recorded in Restate (the gate's `decide` returned), so a decision answered 2xx is never lost.
-* `GET /approvals`: the pending approvals, read from Restate's state (operator token).
-* `POST /inbox/decide`: the inbox page's decisions (operator token instead of a signature).
-* `GET /` and `GET /inbox`: the operator page; `GET /health`.
+Who may call what (docs/security.md):
+
+* `POST /webhooks/approval`: an integration holding APPROVAL_WEBHOOK_SECRET, which vouches for
+  the approver it names. Signed over "{timestamp}.{raw body}" and refused outside a 5-minute
+  window (401); 422 malformed; 409 not waiting or stale; 403 not an approver of that gate. A
+  retry of the same delivery gets the first answer again: the decision goes to Restate under an
+  Idempotency-Key derived from the body. 2xx only once the arbiter has durably recorded it.
+* `POST /inbox/decide`: an approver signed in with their personal credential; the approver is
+  the credential's owner, never a field of the body.
+* `GET /approvals`: an approver's credential, or the operator token (read-only).
+* `GET /` and `GET /inbox`: the inbox page (it holds no data); `GET /health`.
+
+Either way the surface mints a proof for exactly the authenticated decision
+(app/approvals/proof.py): the agents' `decide` handlers, public on the ingress, refuse any
+decision without one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
+import anyio.to_thread
 import httpx
 from pydantic import ValidationError
 from starlette.applications import Starlette
@@ -25,15 +36,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app.approvals import signature
+from app.approvals import proof, signature
+from app.approvals.identity import CredentialStore, credentials_for
 from app.approvals.inbox_page import inbox_page
-from app.approvals.models import GateState, WebhookDecision
+from app.approvals.models import DecideInput, GateState, InboxDecision, ProvenDecision, WebhookDecision
 from app.engine import PendingApprovalView
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
+DecisionT = TypeVar("DecisionT", bound=InboxDecision)
+
 MAX_BODY_BYTES = 64 * 1024
+# Restate's answer to a decision comes once the arbiter has recorded it (milliseconds); past this
+# the outcome is unknown, and the client is told so rather than "nothing was recorded".
+DECIDE_TIMEOUT_SECONDS = 30.0
 
 
 def error(status: int, code: str, message: str, details: Any = None) -> JSONResponse:
@@ -47,16 +64,35 @@ def _validation_details(exc: ValidationError) -> list[dict[str, Any]]:
     return [{"loc": list(err["loc"]), "msg": err["msg"]} for err in exc.errors()]
 
 
+def _unauthorized(message: str) -> JSONResponse:
+    response = error(401, "unauthorized", message)
+    response.headers["WWW-Authenticate"] = 'Bearer realm="approvals"'
+    return response
+
+
 class ApprovalsSurface:
     """The handlers, sharing one pooled client to the Restate ingress and admin API."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        agents: Collection[str],
+        credentials: CredentialStore | None = None,
+        decide_timeout: float = DECIDE_TIMEOUT_SECONDS,
+    ) -> None:
         self.settings = settings
+        self.decide_timeout = decide_timeout
+        self.agents = frozenset(agents)
+        self.proof_key = proof.proof_key(settings.webhook_secret)
         self.client: httpx.AsyncClient | None = None
+        self._credentials = credentials
 
     @asynccontextmanager
     async def lifespan(self, _: Starlette) -> AsyncIterator[None]:
-        self.client = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0))
+        if self._credentials is None:
+            url = self.settings.database_url
+            self._credentials = await anyio.to_thread.run_sync(credentials_for, url)
+        self.client = httpx.AsyncClient(timeout=httpx.Timeout(self.decide_timeout, connect=5.0))
         try:
             yield
         finally:
@@ -66,11 +102,20 @@ class ApprovalsSurface:
         assert self.client is not None, "the approvals surface is not started"
         return self.client
 
-    def _operator(self, request: Request) -> bool:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        expected = self.settings.operator_token.get_secret_value()
-        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected.encode())
+    @staticmethod
+    def _bearer(request: Request) -> str | None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+    def _is_operator(self, token: str) -> bool:
+        return hmac.compare_digest(token.encode(), self.settings.operator_secret.encode())
+
+    async def _approver(self, token: str | None) -> str | None:
+        """The approver whose personal credential this is, or None."""
+        if token is None:
+            return None
+        assert self._credentials is not None, "the approvals surface is not started"
+        return await anyio.to_thread.run_sync(self._credentials.approver_of, token)
 
     async def _body(self, request: Request) -> bytes | Response:
         declared = request.headers.get("content-length")
@@ -83,41 +128,86 @@ class ApprovalsSurface:
                 return error(413, "body_too_large", f"the body must be at most {MAX_BODY_BYTES} bytes")
         return body
 
+    def _parse(self, model: type[DecisionT], raw: bytes) -> DecisionT | Response:
+        """The decision, or the 422 that says what is wrong with it (an unknown agent included)."""
+        try:
+            decision = model.model_validate_json(raw)
+        except ValidationError as exc:
+            return error(422, "invalid_decision", "the decision is malformed", _validation_details(exc))
+        if decision.agent in self.agents:
+            return decision
+        known = ", ".join(sorted(self.agents))
+        return error(
+            422,
+            "invalid_decision",
+            f"unknown agent {decision.agent!r}; registered agents: {known}",
+            [{"loc": ["agent"], "msg": f"must be one of: {known}"}],
+        )
+
     async def webhook(self, request: Request) -> Response:
         raw = await self._body(request)
         if isinstance(raw, Response):
             return raw
-        secret = self.settings.approval_webhook_secret.get_secret_value()
-        if not signature.verify(secret, raw, request.headers.get(signature.HEADER)):
-            return error(401, "bad_signature", f"missing or invalid {signature.HEADER} signature")
-        return await self._decide_from(raw)
+        problem = signature.verify(
+            self.settings.webhook_secret,
+            raw,
+            request.headers.get(signature.HEADER),
+            request.headers.get(signature.TIMESTAMP_HEADER),
+        )
+        if problem is not None:
+            return error(401, "bad_signature", problem)
+        decision = self._parse(WebhookDecision, raw)
+        if isinstance(decision, Response):
+            return decision
+        # One signed delivery (timestamp and body, exactly what was signed) is one decision attempt:
+        # its retry attaches to the first attempt's outcome; a new delivery is decided afresh.
+        timestamp = request.headers.get(signature.TIMESTAMP_HEADER, "").strip()
+        delivery = "webhook:" + hashlib.sha256(timestamp.encode() + b"." + raw).hexdigest()
+        vouched = decision.decide_input(decision.approver)
+        return await self._deliver(decision.agent, decision.task_id, vouched, delivery)
 
     async def inbox_decide(self, request: Request) -> Response:
-        if not self._operator(request):
-            return error(401, "unauthorized", "an operator token is required (Authorization: Bearer)")
+        approver = await self._approver(self._bearer(request))
+        if approver is None:
+            return _unauthorized("sign in with your approver credential (Authorization: Bearer apv_...)")
         raw = await self._body(request)
         if isinstance(raw, Response):
             return raw
-        return await self._decide_from(raw)
-
-    async def _decide_from(self, raw: bytes) -> Response:
-        try:
-            decision = WebhookDecision.model_validate_json(raw)
-        except ValidationError as exc:
-            return error(422, "invalid_decision", "the decision is malformed", _validation_details(exc))
-        url = (
-            f"{self.settings.restate_ingress_url}/{decision.agent}/{quote(decision.task_id, safe='')}/decide"
+        decision = self._parse(InboxDecision, raw)
+        if isinstance(decision, Response):
+            return decision
+        # The page may name its attempt (a retry after a lost answer then gets that answer again).
+        given = request.headers.get("idempotency-key", "").strip()[:200]
+        delivery = "inbox:" + hashlib.sha256(f"{approver}\n{given}".encode()).hexdigest() if given else None
+        return await self._deliver(
+            decision.agent, decision.task_id, decision.decide_input(approver), delivery
         )
+
+    async def _deliver(
+        self, agent: str, task_id: str, decision: DecideInput, delivery: str | None
+    ) -> Response:
+        """Hand an authenticated decision, with its proof, to the task's `decide` handler."""
+        proven = ProvenDecision(
+            **decision.model_dump(), proof=proof.mint(self.proof_key, agent, task_id, decision)
+        )
+        url = f"{self.settings.restate_ingress_url}/{agent}/{quote(task_id, safe='')}/decide"
         try:
-            response = await self._http().post(url, json=decision.decide_input().model_dump(mode="json"))
+            headers = {"Idempotency-Key": delivery} if delivery else {}
+            response = await self._http().post(url, json=proven.model_dump(mode="json"), headers=headers)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            # No connection: the request never left, so nothing can have been recorded.
+            log.warning("approval for %s/%s not delivered: %r", agent, task_id, exc)
+            return _unavailable("not_delivered", "Restate is unreachable; nothing was recorded, retry later")
         except httpx.TransportError as exc:
-            log.warning("approval for %s/%s not delivered: %r", decision.agent, decision.task_id, exc)
-            return _unavailable("Restate is unreachable; nothing was recorded, retry later")
-        return _answer(decision, response)
+            log.warning("approval for %s/%s: outcome unknown: %r", agent, task_id, exc)
+            return _outcome_unknown()
+        return _answer(agent, task_id, response)
 
     async def approvals(self, request: Request) -> Response:
-        if not self._operator(request):
-            return error(401, "unauthorized", "an operator token is required (Authorization: Bearer)")
+        token = self._bearer(request)
+        approver = await self._approver(token)
+        if approver is None and not (token is not None and self._is_operator(token)):
+            return _unauthorized("an approver credential or the operator token is required")
         query = (
             "SELECT service_key, value_utf8 FROM state "
             "WHERE service_name = 'ApprovalGate' AND key = 'gate' AND value_utf8 LIKE '%\"status\":\"open\"%'"
@@ -129,7 +219,7 @@ class ApprovalsSurface:
                 headers={"accept": "application/json"},
             )
         except httpx.TransportError:
-            return _unavailable("Restate's admin API is unreachable")
+            return _unavailable("restate_unavailable", "Restate's admin API is unreachable")
         if response.status_code != 200:
             return error(502, "restate_error", f"Restate answered {response.status_code} to the state query")
         pending = []
@@ -138,18 +228,33 @@ class ApprovalsSurface:
             if gate.status != "open":
                 continue
             view = PendingApprovalView.of(gate.pending).model_dump(mode="json")
-            pending.append({"agent": gate.pending.agent, "task_id": gate.pending.task_id, **view})
+            pending.append(
+                {
+                    "agent": gate.pending.agent,
+                    "task_id": gate.pending.task_id,
+                    **view,
+                    "may_decide": approver is not None and approver in gate.pending.approvers,
+                }
+            )
         pending.sort(key=lambda item: item["deadline"])
-        return JSONResponse({"approvals": pending})
+        return JSONResponse({"signed_in_as": approver, "approvals": pending})
 
     async def health(self, _: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
 
-def _unavailable(message: str) -> Response:
-    response = error(503, "restate_unavailable", message)
+def _unavailable(code: str, message: str) -> Response:
+    response = error(503, code, message)
     response.headers["Retry-After"] = "5"
     return response
+
+
+def _outcome_unknown() -> Response:
+    return _unavailable(
+        "outcome_unknown",
+        "the decision may or may not have been recorded; send the same delivery again (it is "
+        "idempotent and answers with the outcome) or check the task's status",
+    )
 
 
 # The gate's refusals, by the words its messages start with (app/approvals/gate.py).
@@ -160,17 +265,12 @@ _CONFLICTS = (
 )
 
 
-def _answer(decision: WebhookDecision, response: httpx.Response) -> Response:
+def _answer(agent: str, task_id: str, response: httpx.Response) -> Response:
     """Map Restate's answer to `decide` onto the webhook's contract."""
-    where = f"{decision.agent} {decision.task_id}"
+    where = f"{agent} {task_id}"
     if response.status_code == 200:
         return JSONResponse(
-            {
-                "status": "recorded",
-                "agent": decision.agent,
-                "task_id": decision.task_id,
-                "gate": response.json(),
-            }
+            {"status": "recorded", "agent": agent, "task_id": task_id, "gate": response.json()}
         )
     try:
         message = str(json.loads(response.text).get("message", response.text))
@@ -186,11 +286,21 @@ def _answer(decision: WebhookDecision, response: httpx.Response) -> Response:
     if response.status_code == 400:
         return error(422, "invalid_decision", message)
     log.error("decide for %s failed: %s %s", where, response.status_code, response.text[:500])
-    return _unavailable(f"Restate answered {response.status_code}; nothing was recorded, retry later")
+    if response.status_code == 401:
+        # Our own proof was refused: a misconfiguration (two secrets?), never the caller's fault.
+        return error(
+            500, "proof_refused", "the agent refused the approvals surface's proof; nothing was recorded"
+        )
+    return _outcome_unknown()
 
 
-def create_approvals_app(settings: Settings) -> Starlette:
-    surface = ApprovalsSurface(settings)
+def create_approvals_app(
+    settings: Settings,
+    agents: Collection[str],
+    credentials: CredentialStore | None = None,
+    decide_timeout: float = DECIDE_TIMEOUT_SECONDS,
+) -> Starlette:
+    surface = ApprovalsSurface(settings, agents, credentials, decide_timeout)
     return Starlette(
         routes=[
             Route("/webhooks/approval", surface.webhook, methods=["POST"]),

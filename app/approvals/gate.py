@@ -5,15 +5,21 @@ itself; and a decision checked in a shared handler could race the deadline. Here
 `expire` are exclusive handlers of the same key, so exactly one of them closes the gate: a
 decision answered "recorded" is never lost to a timeout that fires at the same moment, and a
 decision that arrives after the deadline is refused with 409 instead of being dropped silently.
+
+The whole object is `ingress_private`: only the agents' handlers reach it, so nobody can open,
+expire, escalate or read a gate (its state holds the task's awakeable id) from the ingress. A
+decision reaches `decide` only through an agent's public `decide`, after its proof was checked.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 
-from restate import ObjectContext, ObjectSharedContext, TerminalError, VirtualObject
+from restate import ObjectContext, TerminalError, VirtualObject
+from restate.serde import BytesSerde
 
 from app.approvals.models import (
+    AttachTicket,
     DecideInput,
     Decision,
     Empty,
@@ -21,14 +27,19 @@ from app.approvals.models import (
     GateReply,
     GateState,
     PendingApproval,
+    Rearm,
 )
 
 GATE = "gate"
+# What the arbiter resolves a task's awakeable with. The task never trusts the awakeable's value
+# (anyone holding its id could resolve it): it asks the arbiter what was decided.
+WAKE = b"decided"
 
 approval_gate = VirtualObject(
     "ApprovalGate",
-    description="Arbiter of one task's approval gate: open, decide, expire, close.",
+    description="Arbiter of one task's approval gate: open, decide, expire, close. Internal.",
     journal_retention=timedelta(days=7),
+    ingress_private=True,
 )
 
 
@@ -36,11 +47,27 @@ def gate_key(agent: str, task_id: str) -> str:
     return f"{agent}/{task_id}"
 
 
+def _reply(state: GateState | None) -> GateReply:
+    if state is None:
+        return GateReply(status="missing")
+    return GateReply(status=state.status, decision=state.decision)
+
+
 @approval_gate.handler()
 async def open_gate(ctx: ObjectContext, pending: PendingApproval) -> GateReply:
     """Open the gate for a waiting task (replacing a closed one of an earlier visit)."""
     ctx.set(GATE, GateState(status="open", pending=pending))
     return GateReply(status="open")
+
+
+@approval_gate.handler()
+async def attach_ticket(ctx: ObjectContext, ticket: AttachTicket) -> GateReply:
+    """Record the approval ticket the task opened, so the approvals list can show it."""
+    state = await ctx.get(GATE, type_hint=GateState)
+    if state is not None and state.status == "open" and state.pending.approval_hash == ticket.approval_hash:
+        pending = state.pending.model_copy(update={"approval_ticket_id": ticket.approval_ticket_id})
+        ctx.set(GATE, state.model_copy(update={"pending": pending}))
+    return _reply(state)
 
 
 @approval_gate.handler()
@@ -76,20 +103,41 @@ async def decide(ctx: ObjectContext, request: DecideInput) -> GateReply:
         update={"status": "approved" if request.decision == "approve" else "rejected", "decision": decision}
     )
     ctx.set(GATE, closed)
-    ctx.resolve_awakeable(state.pending.awakeable_id, decision)
+    ctx.resolve_awakeable(state.pending.awakeable_id, WAKE, serde=BytesSerde())
     return GateReply(status=closed.status, decision=decision)
 
 
 @approval_gate.handler()
-async def expire(ctx: ObjectContext, _: Empty) -> GateReply:
-    """The deadline passed: close the gate unless a decision got there first (then return it)."""
+async def take_outcome(ctx: ObjectContext, _: Empty) -> GateReply:
+    """The task was woken: the decision if one was recorded (and forget the gate); else `open`.
+
+    `open` means the wake did not come from `decide`: someone resolved the task's awakeable
+    directly. The gate stays open, and the task re-arms it with a fresh awakeable.
+    """
     state = await ctx.get(GATE, type_hint=GateState)
-    if state is None:
-        raise TerminalError(f"no approval gate for {ctx.key()}", status_code=409)
-    if state.status == "open":
-        state = state.model_copy(update={"status": "expired"})
-        ctx.set(GATE, state)
-    return GateReply(status=state.status, decision=state.decision)
+    if state is not None and state.status != "open":
+        ctx.clear(GATE)
+    return _reply(state)
+
+
+@approval_gate.handler()
+async def rearm(ctx: ObjectContext, request: Rearm) -> GateReply:
+    """Point an open gate at the task's new awakeable; a closed gate answers its outcome instead."""
+    state = await ctx.get(GATE, type_hint=GateState)
+    if state is not None and state.status == "open":
+        pending = state.pending.model_copy(update={"awakeable_id": request.awakeable_id})
+        ctx.set(GATE, state.model_copy(update={"pending": pending}))
+    return _reply(state)
+
+
+@approval_gate.handler()
+async def expire(ctx: ObjectContext, _: Empty) -> GateReply:
+    """The deadline passed: close and forget the gate; a decision that got there first wins."""
+    state = await ctx.get(GATE, type_hint=GateState)
+    ctx.clear(GATE)
+    if state is not None and state.status == "open":
+        return GateReply(status="expired")
+    return _reply(state)
 
 
 @approval_gate.handler()
@@ -97,9 +145,7 @@ async def escalate(ctx: ObjectContext, escalation: Escalation) -> GateReply:
     """The reminder went out: mark it, and let the escalation approver decide too."""
     state = await ctx.get(GATE, type_hint=GateState)
     if state is None or state.status != "open":
-        return GateReply(
-            status=state.status if state else "expired", decision=state.decision if state else None
-        )
+        return _reply(state)
     approvers = list(state.pending.approvers)
     if escalation.approver and escalation.approver not in approvers:
         approvers.append(escalation.approver)
@@ -110,24 +156,7 @@ async def escalate(ctx: ObjectContext, escalation: Escalation) -> GateReply:
 
 @approval_gate.handler()
 async def close_gate(ctx: ObjectContext, _: Empty) -> GateReply:
-    """The task has taken the outcome: forget the gate, so a late decision finds nothing open."""
+    """The task cannot go on waiting (it failed): forget the gate, so nothing can decide it."""
     state = await ctx.get(GATE, type_hint=GateState)
     ctx.clear(GATE)
-    if state is None:
-        return GateReply(status="expired")
-    return GateReply(status=state.status, decision=state.decision)
-
-
-@approval_gate.handler(kind="shared")
-async def view(ctx: ObjectSharedContext) -> GateState | None:
-    """The gate's current state, if one is open or awaiting its task."""
-    return await ctx.get(GATE, type_hint=GateState)
-
-
-async def decide_at_gate(ctx: ObjectSharedContext, agent: str, request: DecideInput) -> GateReply:
-    """An agent's shared `decide` handler: hand the decision to the task's arbiter and wait for it.
-
-    Returns once the gate has durably recorded the decision and woken the task; the arbiter's
-    refusals (409 not waiting, already closed or stale hash; 403 not an approver) pass through.
-    """
-    return await ctx.object_call(decide, key=gate_key(agent, ctx.key()), arg=request)
+    return _reply(state)

@@ -1,9 +1,14 @@
-"""The operator inbox: one self-contained HTML page (inline CSS and vanilla JS, no external assets).
+"""The approvals inbox: one self-contained HTML page (inline CSS and vanilla JS, no external assets).
 
-The page holds no data and is served without auth at `GET /` and `GET /inbox`. The operator signs in
-with the operator token (kept in `sessionStorage`, sent only as `Authorization: Bearer ...`, never in
-a URL) and their name; the page then lists `GET /approvals` and posts decisions to
-`POST /inbox/decide` with the row's `approval_hash`. Every value from the server is inserted with
+The page holds no data and is served without auth at `GET /` and `GET /inbox`. An approver signs in
+with their personal approver credential (`apv_...`, issued by an operator with
+`agentctl approvers add NAME`), kept in `sessionStorage` and sent only as
+`Authorization: Bearer ...`, never in a URL. Who is signed in comes from the server, never from the
+page: `GET /approvals` answers `signed_in_as` (null for the operator token, which may only look) and
+a `may_decide` per row; only rows the approver may decide get a comment box and Approve/Reject.
+`POST /inbox/decide` carries the row's `approval_hash` and no approver (the server records the
+credential's owner). A 503 `outcome_unknown` is reported as "may have been recorded", so the
+approver refreshes before deciding again. Every value from the server is inserted with
 `textContent`, and a Content-Security-Policy allows only this page's own script and style (by hash)
 and same-origin `fetch`, so an injected `<script>` or `onerror=` in a summary cannot run.
 """
@@ -106,6 +111,7 @@ pre {
 code { font-size: 0.9em; }
 td.task code { white-space: nowrap; }
 .empty { color: var(--muted); font-style: italic; margin: 8px 0; }
+.not-yours { color: var(--muted); font-style: italic; }
 @media (max-width: 960px) {
   table, thead, tbody, tr, th, td { display: block; }
   thead { position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); }
@@ -124,14 +130,15 @@ td.task code { white-space: nowrap; }
 _SCRIPT = """
 "use strict";
 (function () {
-  var TOKEN_KEY = "approvals.operatorToken";
-  var NAME_KEY = "approvals.operatorName";
+  var TOKEN_KEY = "approvals.approverToken";
+  // What earlier versions of this page kept: a shared operator token and a typed name.
+  var LEGACY_KEYS = ["approvals.operatorToken", "approvals.operatorName"];
   var REFRESH_MS = __REFRESH_MS__;
+  var UNAUTHORIZED = "Your approver credential was not accepted (401). Sign in again.";
   var $ = function (id) { return document.getElementById(id); };
   var signInSection = $("sign-in-section");
   var form = $("sign-in-form");
   var tokenInput = $("token");
-  var nameInput = $("operator");
   var inbox = $("inbox");
   var who = $("who");
   var updated = $("updated");
@@ -142,6 +149,9 @@ _SCRIPT = """
   var loadSeq = 0;
   var timer = null;
   var idCounter = 0;
+  // Who the server says the credential belongs to: a name, null for the operator (read-only),
+  // undefined until the first list has been loaded.
+  var signedInAs;
 
   function el(tag, attrs, text) {
     var node = document.createElement(tag);
@@ -165,19 +175,20 @@ _SCRIPT = """
     try { return await res.json(); } catch (e) { return null; }
   }
   function token() { return sessionStorage.getItem(TOKEN_KEY); }
-  function operator() { return sessionStorage.getItem(NAME_KEY) || ""; }
+  function mayDecide(a) { return typeof signedInAs === "string" && a.may_decide === true; }
 
   function showSignIn(message) {
     if (timer !== null) { clearInterval(timer); timer = null; }
     loadSeq++;
     rows.forEach(function (entry) { entry.body.remove(); });
     rows.clear();
+    signedInAs = undefined;
+    who.textContent = "";
     inbox.hidden = true;
     signInSection.hidden = false;
-    nameInput.value = operator();
     tokenInput.value = "";
     if (message) { setStatus(message, "error", "auth"); }
-    (nameInput.value ? tokenInput : nameInput).focus();
+    tokenInput.focus();
   }
   function signOut(message) {
     sessionStorage.removeItem(TOKEN_KEY);
@@ -186,7 +197,7 @@ _SCRIPT = """
   function showInbox() {
     signInSection.hidden = true;
     inbox.hidden = false;
-    who.textContent = operator();
+    who.textContent = "\\u2026";
     empty.hidden = true;
     table.hidden = true;
     updated.textContent = "Loading\\u2026";
@@ -236,19 +247,30 @@ _SCRIPT = """
     detailsCell.append(entry.toggle);
 
     var decisionCell = cell("Decision", "decision");
-    var commentId = "comment-" + n;
-    entry.commentLabel = el("label", { "for": commentId, "class": "visually-hidden" });
-    entry.comment = el("textarea", {
-      id: commentId, rows: "2", placeholder: "Comment (optional)", "data-testid": "comment-input"
-    });
-    entry.comment.value = comment || "";
-    var actions = el("div", { "class": "actions" });
-    entry.approve = el("button", { type: "button", "class": "approve", "data-testid": "approve-button" },
-      "Approve");
-    entry.reject = el("button", { type: "button", "class": "reject", "data-testid": "reject-button" },
-      "Reject");
-    actions.append(entry.approve, entry.reject);
-    decisionCell.append(entry.commentLabel, entry.comment, actions);
+    entry.mayDecide = mayDecide(a);
+    entry.comment = null;
+    // A comment typed before the row became read-only comes back if it becomes decidable again.
+    entry.keptComment = comment || "";
+    if (entry.mayDecide) {
+      var commentId = "comment-" + n;
+      entry.commentLabel = el("label", { "for": commentId, "class": "visually-hidden" });
+      entry.comment = el("textarea", {
+        id: commentId, rows: "2", placeholder: "Comment (optional)", "data-testid": "comment-input"
+      });
+      entry.comment.value = entry.keptComment;
+      var actions = el("div", { "class": "actions" });
+      entry.approve = el("button", { type: "button", "class": "approve", "data-testid": "approve-button" },
+        "Approve");
+      entry.reject = el("button", { type: "button", "class": "reject", "data-testid": "reject-button" },
+        "Reject");
+      actions.append(entry.approve, entry.reject);
+      decisionCell.append(entry.commentLabel, entry.comment, actions);
+      entry.approve.addEventListener("click", function () { decide(entry, "approve"); });
+      entry.reject.addEventListener("click", function () { decide(entry, "reject"); });
+    } else {
+      decisionCell.append(el("span", { "class": "not-yours", "data-testid": "not-yours" },
+        "Not yours to decide"));
+    }
     tr.append(taskCell, agentCell, summaryCell, approversCell, deadlineCell, detailsCell, decisionCell);
 
     entry.detailsRow = el("tr", { "class": "details", id: detailsId, "data-testid": "details-row" });
@@ -265,8 +287,6 @@ _SCRIPT = """
       entry.toggle.setAttribute("aria-expanded", open ? "true" : "false");
       entry.toggle.textContent = open ? "Hide details" : "Show details";
     });
-    entry.approve.addEventListener("click", function () { decide(entry, "approve"); });
-    entry.reject.addEventListener("click", function () { decide(entry, "reject"); });
     updateRow(entry, a);
     return entry;
   }
@@ -287,9 +307,11 @@ _SCRIPT = """
     entry.deadline.title = "Deadline " + str(a.deadline) + "; requested " + str(a.requested_at);
     entry.overdue.hidden = !deadline.overdue;
     entry.reminded.hidden = a.reminded !== true;
-    entry.commentLabel.textContent = "Comment for task " + task;
-    entry.approve.setAttribute("aria-label", "Approve task " + task);
-    entry.reject.setAttribute("aria-label", "Reject task " + task);
+    if (entry.mayDecide) {
+      entry.commentLabel.textContent = "Comment for task " + task;
+      entry.approve.setAttribute("aria-label", "Approve task " + task);
+      entry.reject.setAttribute("aria-label", "Reject task " + task);
+    }
     entry.toggle.setAttribute("aria-label", "Details of task " + task);
     var json;
     try { json = JSON.stringify(a.details === undefined ? null : a.details, null, 2); }
@@ -306,9 +328,12 @@ _SCRIPT = """
       if (seen.has(key)) { return; }
       seen.add(key);
       var entry = rows.get(key);
-      if (entry && entry.approval.approval_hash !== a.approval_hash) {
-        // What is waiting changed: a new row, so the operator sees it afresh (the comment is kept).
-        var comment = entry.comment.value;
+      var changed = entry && (entry.approval.approval_hash !== a.approval_hash ||
+        entry.mayDecide !== mayDecide(a));
+      if (changed) {
+        // What is waiting, or whether it is ours to decide, changed: a new row, so the approver
+        // sees it afresh (the comment is kept).
+        var comment = entry.comment ? entry.comment.value : entry.keptComment;
         entry.body.remove();
         entry = buildRow(a, comment);
         rows.set(key, entry);
@@ -350,13 +375,16 @@ _SCRIPT = """
     }
     if (seq !== loadSeq) { return; }
     if (res.status === 401) {
-      signOut("The operator token was not accepted (401 unauthorized). Sign in again.");
+      signOut(UNAUTHORIZED);
       return;
     }
     if (!res.ok || !data || !Array.isArray(data.approvals)) {
       setStatus("Could not load the approvals: " + errorMessage(data, res), "error", "load");
       return;
     }
+    // Anything but a name means no approver identity: read-only, whatever the rows say.
+    signedInAs = typeof data.signed_in_as === "string" && data.signed_in_as ? data.signed_in_as : null;
+    who.textContent = signedInAs === null ? "operator (read-only)" : signedInAs;
     render(data.approvals);
     updated.textContent = "Updated " + new Date().toLocaleTimeString();
     if (status.dataset.source === "load" || status.dataset.source === "auth") { setStatus("", "info", ""); }
@@ -364,12 +392,14 @@ _SCRIPT = """
 
   async function decide(entry, decision) {
     var bearer = token();
-    var name = operator();
-    if (!bearer || !name) { signOut("Sign in again to record a decision."); return; }
+    var name = signedInAs;
+    if (!bearer) { signOut("Sign in again to record a decision."); return; }
+    if (typeof name !== "string") { return; }
     var a = entry.approval;
     var task = str(a.task_id);
+    // No approver here: the server records the owner of the credential.
     var body = {
-      agent: a.agent, task_id: a.task_id, decision: decision, approver: name,
+      agent: a.agent, task_id: a.task_id, decision: decision,
       comment: entry.comment.value, approval_hash: a.approval_hash
     };
     entry.approve.disabled = true;
@@ -390,17 +420,21 @@ _SCRIPT = """
     } catch (e) {
       entry.approve.disabled = false;
       entry.reject.disabled = false;
-      setStatus("Network error: the decision for task " + task + " may not have been recorded. " +
+      setStatus("Network error: the decision for task " + task + " may or may not have been recorded. " +
         "Press Refresh to check before trying again.", "error", "decide");
       return;
     }
     entry.approve.disabled = false;
     entry.reject.disabled = false;
     if (res.status === 401) {
-      signOut("The operator token was not accepted (401 unauthorized). Sign in again.");
+      signOut(UNAUTHORIZED);
       return;
     }
-    if (res.ok) {
+    if (res.status === 503 && data && data.error && data.error.code === "outcome_unknown") {
+      var why = errorMessage(data, res);
+      setStatus("The decision for task " + task + " may have been recorded, or may not: " + why +
+        (/[.!?]$/.test(why) ? "" : ".") + " Press Refresh to check before trying again.", "error", "decide");
+    } else if (res.ok) {
       var verb = decision === "approve" ? "Approved" : "Rejected";
       var detail = data && typeof data.message === "string" && data.message
         ? data.message : str(data && data.status) || "recorded";
@@ -415,13 +449,12 @@ _SCRIPT = """
 
   form.addEventListener("submit", function (event) {
     event.preventDefault();
-    var name = nameInput.value.trim();
     var bearer = tokenInput.value.trim();
-    if (!name || !bearer) {
-      setStatus("Enter both your name and the operator token.", "error", "auth");
+    if (!bearer) {
+      setStatus("Enter your approver credential.", "error", "auth");
+      tokenInput.focus();
       return;
     }
-    sessionStorage.setItem(NAME_KEY, name);
     sessionStorage.setItem(TOKEN_KEY, bearer);
     tokenInput.value = "";
     setStatus("", "info", "");
@@ -436,7 +469,8 @@ _SCRIPT = """
     if (!document.hidden && timer !== null) { load(); }
   });
 
-  if (token() && operator()) { showInbox(); } else { showSignIn(""); }
+  LEGACY_KEYS.forEach(function (key) { sessionStorage.removeItem(key); });
+  if (token()) { showInbox(); } else { showSignIn(""); }
 })();
 """
 
@@ -450,16 +484,12 @@ _BODY = """
     <h2 id="sign-in-title">Sign in</h2>
     <form id="sign-in-form" class="sign-in" method="post" autocomplete="off" novalidate>
       <div>
-        <label for="operator">Your name</label>
-        <input id="operator" type="text" autocomplete="name" required data-testid="operator-input"
-               aria-describedby="operator-hint">
-        <p id="operator-hint" class="hint">Recorded as the approver of your decisions.</p>
-      </div>
-      <div>
-        <label for="token">Operator token</label>
+        <label for="token">Your approver credential</label>
         <input id="token" type="password" autocomplete="off" spellcheck="false" required
-               data-testid="token-input" aria-describedby="token-hint">
-        <p id="token-hint" class="hint">Kept in this browser tab only (session storage).</p>
+               placeholder="apv_&hellip;" data-testid="token-input" aria-describedby="token-hint">
+        <p id="token-hint" class="hint">Your personal approver credential, issued to you by an operator
+          (<code>agentctl approvers add NAME</code>). Your decisions are recorded under the name it
+          belongs to. Kept in this browser tab only (session storage).</p>
       </div>
       <div><button type="submit" class="primary" data-testid="sign-in">Sign in</button></div>
     </form>
@@ -499,7 +529,7 @@ def _csp_hash(source: str) -> str:
 
 @cache
 def inbox_page_html() -> str:
-    """The whole operator page; it embeds no data, so it is the same for everyone."""
+    """The whole inbox page; it embeds no data, so it is the same for everyone."""
     script = _SCRIPT.replace("__REFRESH_MS__", str(AUTO_REFRESH_MS))
     csp = "; ".join(
         [

@@ -10,10 +10,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 DecisionKind = Literal["approve", "reject"]
 GateStatus = Literal["open", "approved", "rejected", "expired"]
+# What the arbiter answers; `missing`: no gate (never opened, or already closed and forgotten).
+GateReplyStatus = Literal["open", "approved", "rejected", "expired", "missing"]
 Outcome = Literal["approve", "reject", "timeout"]
 
 APPROVER_PATTERN = r"^[A-Za-z0-9_.@:+-]+$"
 HASH_PATTERN = r"^[0-9a-f]{64}$"
+AGENT_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
+SUBJECT_PATTERN = r"^[a-z_]+:[A-Za-z0-9_.:-]+$"
+PROOF_MAX_LENGTH = 512
 
 
 class ApprovalRequest(BaseModel):
@@ -23,6 +28,9 @@ class ApprovalRequest(BaseModel):
     details: dict[str, Any]
     approvers: list[str] | None = None  # None: the approvers from settings
     escalation_approver: str | None = None  # None: the escalation approver from settings
+    # What the approval is of, as the tool service knows it (e.g. "expense:EXP-..."): its ledger
+    # posts only what a ticket with that subject approved.
+    subject: str | None = Field(None, max_length=128, pattern=SUBJECT_PATTERN)
 
 
 def approval_hash(summary: str, details: dict[str, Any]) -> str:
@@ -60,7 +68,7 @@ class PendingApproval(BaseModel):
 
 
 class DecideInput(BaseModel):
-    """The `decide` handler's input (design.md)."""
+    """A decision as the arbiter takes it: the approver is already authenticated."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
@@ -68,6 +76,16 @@ class DecideInput(BaseModel):
     approver: str = Field(min_length=1, max_length=128, pattern=APPROVER_PATTERN)
     comment: str | None = Field(None, max_length=2000)
     approval_hash: str = Field(pattern=HASH_PATTERN)
+
+
+class ProvenDecision(DecideInput):
+    """The agents' public `decide` input (design.md): a decision plus the proof the approvals
+    surface minted for exactly it, after authenticating the approver (app/approvals/proof.py)."""
+
+    proof: str = Field(min_length=1, max_length=PROOF_MAX_LENGTH)
+
+    def decide_input(self) -> DecideInput:
+        return DecideInput.model_validate(self.model_dump(exclude={"proof"}))
 
 
 class Decision(BaseModel):
@@ -91,12 +109,30 @@ class GateState(BaseModel):
 class GateReply(BaseModel):
     """What the gate answers `decide`, `expire` and `remind`: its status and decision, if any."""
 
-    status: GateStatus
+    status: GateReplyStatus
     decision: Decision | None = None
 
 
 class Escalation(BaseModel):
     approver: str | None
+
+
+class AttachTicket(BaseModel):
+    approval_hash: str
+    approval_ticket_id: str
+
+
+class Rearm(BaseModel):
+    awakeable_id: str
+
+
+class GateIntrusion(BaseModel):
+    """A wake of a waiting task that did not come from the arbiter: refused, and kept on record."""
+
+    state: str
+    at: float
+    how: Literal["resolved", "rejected"]
+    detail: str
 
 
 class Empty(BaseModel):
@@ -117,22 +153,24 @@ class ApprovalRecord(BaseModel):
     reminded: bool
 
 
-class WebhookDecision(BaseModel):
-    """The approval webhook's body (design.md); the agent and task route it to the right gate."""
+class InboxDecision(BaseModel):
+    """A decision from the inbox: no approver field, the approver is whoever signed in."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    agent: Literal["ExpenseReport", "AgentTask"]
+    agent: str = Field(pattern=AGENT_PATTERN)
     task_id: str = Field(min_length=1, max_length=256)
     decision: DecisionKind
-    approver: str = Field(min_length=1, max_length=128, pattern=APPROVER_PATTERN)
     comment: str | None = Field(None, max_length=2000)
     approval_hash: str = Field(pattern=HASH_PATTERN)
 
-    def decide_input(self) -> DecideInput:
+    def decide_input(self, approver: str) -> DecideInput:
         return DecideInput(
-            decision=self.decision,
-            approver=self.approver,
-            comment=self.comment,
-            approval_hash=self.approval_hash,
+            decision=self.decision, approver=approver, comment=self.comment, approval_hash=self.approval_hash
         )
+
+
+class WebhookDecision(InboxDecision):
+    """The approval webhook's body (design.md): a signed integration vouches for the approver."""
+
+    approver: str = Field(min_length=1, max_length=128, pattern=APPROVER_PATTERN)

@@ -1,12 +1,18 @@
 """How a task waits at an approval gate: an awakeable raced against durable timers.
 
-Entering the gate opens the arbiter (`ApprovalGate`), records the pending approval in the task,
-and sends the request through a journaled, idempotent tool call (ticket + notifications). The
-task then suspends, costing no worker memory, until a decision or the reminder time; the
-reminder goes out once (its tool call is journaled under a derived key, so a replay never sends
-it again), optionally escalating; at the deadline the gate expires unless a decision won the
-race at the arbiter. Whatever the outcome, the ticket is closed through the tool service, so
-nothing is left waiting anywhere.
+Entering the gate is part of the transition into it (see `enter_gate`, called by the engine
+before it writes the new state): the arbiter (`ApprovalGate`) is opened first, then the request
+goes out through a journaled, idempotent tool call (ticket + notifications), and only then does
+the task record say WAIT_APPROVAL, with its pending approval in the same write. So nobody is told
+a task waits before a decision can be taken.
+
+The task then suspends, costing no worker memory, until it is woken, the reminder time or the
+deadline. A wake is never trusted by itself: anyone holding the awakeable's id can resolve or
+reject it through Restate's ingress, so the task asks the arbiter what was decided. A wake the
+arbiter did not send is recorded as an intrusion and the gate is re-armed with a fresh awakeable:
+the task keeps waiting for a real decision. The reminder goes out once (journaled under a derived
+key), optionally escalating; at the deadline the gate expires unless a decision won the race at
+the arbiter. Whatever the outcome, the ticket is closed through the tool service.
 """
 
 from __future__ import annotations
@@ -17,17 +23,31 @@ from typing import Any, Protocol
 
 import restate
 from restate import ObjectContext, RestateDurableFuture, RunOptions, TerminalError
+from restate.serde import BytesSerde
 
-from app.approvals.gate import close_gate, escalate, expire, gate_key, open_gate
+from app.approvals.gate import (
+    WAKE,
+    attach_ticket,
+    close_gate,
+    escalate,
+    expire,
+    gate_key,
+    open_gate,
+    rearm,
+    take_outcome,
+)
 from app.approvals.models import (
     ApprovalRecord,
     ApprovalRequest,
-    Decision,
+    AttachTicket,
     Empty,
     Escalation,
+    GateIntrusion,
     GatePolicy,
+    GateReply,
     Outcome,
     PendingApproval,
+    Rearm,
     approval_hash,
 )
 from app.settings import get_settings
@@ -35,9 +55,12 @@ from app.tool_client import ToolResult
 
 # Tools the gate itself calls; never offered to a planner, so a model cannot open or close gates.
 GATE_TOOLS = frozenset({"request_approval", "remind_approval", "close_approval"})
+# Tool calls made while entering a gate (request_approval); the wait's own calls number after them.
+GATE_ENTRY_TOOL_CALLS = 1
 REMINDER_SUMMARY_CHARS = 1500
-# The approver named when a decision that bypassed the arbiter is refused.
-GATE_GUARD = "system:gate-guard"
+INTRUSION_DETAIL_CHARS = 200
+
+Wake = RestateDurableFuture[bytes]
 
 
 class GateStep(Protocol):
@@ -69,10 +92,8 @@ def _iso(at: float) -> str:
     return datetime.fromtimestamp(at, UTC).isoformat()
 
 
-async def await_gate(
-    step: GateStep, request: ApprovalRequest, persist: Callable[[PendingApproval | None], None]
-) -> tuple[Outcome, ApprovalRecord]:
-    """Open the gate, wait for its outcome, close everything; `persist` saves the pending record."""
+async def enter_gate(step: GateStep, request: ApprovalRequest) -> tuple[PendingApproval, Wake]:
+    """Open the arbiter, then ask for the approval; the pending approval and what wakes the task."""
     ctx = step.ctx
     policy = await ctx.run_typed(
         f"{step.state} gate policy",
@@ -82,7 +103,7 @@ async def await_gate(
         escalation_approver=request.escalation_approver,
     )
     now = await ctx.time()
-    awakeable_id, decided = ctx.awakeable(type_hint=Decision)
+    awakeable_id, woken = ctx.awakeable(serde=BytesSerde())
     deadline = now + policy.timeout_seconds
     before = policy.reminder_before_seconds
     pending = PendingApproval(
@@ -101,70 +122,62 @@ async def await_gate(
     )
     key = gate_key(step.agent, step.task_id)
     await ctx.object_call(open_gate, key=key, arg=pending)
-    persist(pending)
+    args: dict[str, Any] = {
+        "agent": step.agent,
+        "task_id": step.task_id,
+        "approval_hash": pending.approval_hash,
+        "summary": pending.summary,
+        "approvers": pending.approvers,
+        "deadline": _iso(pending.deadline),
+    }
+    if request.subject is not None:
+        args["subject"] = request.subject
     try:
-        return await _wait_and_close(step, pending, decided, key, now, persist)
+        ticket = await step.call_tool("request_approval", args)
+    except TerminalError:
+        # The request was refused: close what was opened, so nothing can decide a gate that no
+        # one was asked about, then let the transition fail.
+        await ctx.object_call(close_gate, key=key, arg=Empty())
+        raise
+    ticket_id = str(ticket.result["approval_ticket_id"])
+    # One-way: the arbiter shows the ticket in the approvals list; the task need not wait for it.
+    ctx.object_send(
+        attach_ticket,
+        key=key,
+        arg=AttachTicket(approval_hash=pending.approval_hash, approval_ticket_id=ticket_id),
+    )
+    return pending.model_copy(update={"approval_ticket_id": ticket_id}), woken
+
+
+async def await_gate(
+    step: GateStep,
+    pending: PendingApproval,
+    woken: Wake | None,
+    persist: Callable[[PendingApproval | None], None],
+    intruded: Callable[[GateIntrusion], None],
+) -> tuple[Outcome, ApprovalRecord]:
+    """Wait at an entered gate for its outcome, then close everything.
+
+    `woken` is None when the gate was entered by an earlier invocation (a resumed task): the gate
+    is then re-armed with a fresh awakeable. `persist` saves the pending record, `intruded` a
+    refused wake.
+    """
+    ctx = step.ctx
+    key = gate_key(step.agent, step.task_id)
+    try:
+        decided: GateReply | None = None
+        if woken is None:
+            woken, decided, pending = await _rearm(step, pending, key)
+            persist(pending)
+        if decided is None:
+            decided, pending = await _wait(step, pending, woken, key, persist, intruded)
     except TerminalError:
         # The gate cannot end normally (a refused tool call): close what it opened, so no approval
         # is left waiting for a task that has failed, then let the task fail.
         await ctx.object_call(close_gate, key=key, arg=Empty())
         persist(None)
         raise
-
-
-async def _wait_and_close(
-    step: GateStep,
-    pending: PendingApproval,
-    decided: RestateDurableFuture[Decision],
-    key: str,
-    now: float,
-    persist: Callable[[PendingApproval | None], None],
-) -> tuple[Outcome, ApprovalRecord]:
-    ctx = step.ctx
-    ticket = await step.call_tool(
-        "request_approval",
-        {
-            "agent": step.agent,
-            "task_id": step.task_id,
-            "approval_hash": pending.approval_hash,
-            "summary": pending.summary,
-            "approvers": pending.approvers,
-            "deadline": _iso(pending.deadline),
-        },
-    )
-    pending = pending.model_copy(update={"approval_ticket_id": ticket.result["approval_ticket_id"]})
-    persist(pending)
-
-    decision: Decision | None = None
-    if pending.reminder_at is not None:
-        match await restate.select(
-            decision=decided, reminder=ctx.sleep(timedelta(seconds=pending.reminder_at - now))
-        ):
-            case ["decision", value]:
-                decision = value
-            case _:
-                pending = await _remind(step, pending, key)
-                persist(pending)
-    if decision is None:
-        remaining = max(0.0, pending.deadline - await ctx.time())
-        match await restate.select(decision=decided, timeout=ctx.sleep(timedelta(seconds=remaining))):
-            case ["decision", value]:
-                decision = value
-            case _:
-                # The arbiter closes the gate, unless a decision reached it first: then that wins.
-                decision = (await ctx.object_call(expire, key=key, arg=Empty())).decision
-    recorded = (await ctx.object_call(close_gate, key=key, arg=Empty())).decision
-    if decision is not None and decision != recorded:
-        # The awakeable was resolved without passing the arbiter (straight through Restate's
-        # ingress with its id): no hash or approver check was made, so it approves nothing.
-        decision = Decision(
-            decision="reject",
-            approver=GATE_GUARD,
-            comment=f"refused: a decision by {decision.approver!r} bypassed the approval gate",
-            approval_hash=pending.approval_hash,
-            decided_at=await ctx.time(),
-        )
-
+    decision = decided.decision
     outcome: Outcome = "timeout" if decision is None else decision.decision
     await step.call_tool(
         "close_approval",
@@ -188,6 +201,89 @@ async def _wait_and_close(
         reminded=pending.reminded,
     )
     return outcome, record
+
+
+async def _wait(
+    step: GateStep,
+    pending: PendingApproval,
+    woken: Wake,
+    key: str,
+    persist: Callable[[PendingApproval | None], None],
+    intruded: Callable[[GateIntrusion], None],
+) -> tuple[GateReply, PendingApproval]:
+    """Until the arbiter reports a decision or the deadline passes: its final reply."""
+    ctx = step.ctx
+    now = await ctx.time()
+    deadline = ctx.sleep(timedelta(seconds=max(0.0, pending.deadline - now)))
+    reminder = None
+    if pending.reminder_at is not None and not pending.reminded:
+        reminder = ctx.sleep(timedelta(seconds=max(0.0, pending.reminder_at - now)))
+    while True:
+        waiting: list[RestateDurableFuture[Any]] = [woken, deadline]
+        if reminder is not None:
+            waiting.append(reminder)
+        completed, _ = await restate.wait_completed(*waiting)
+        if woken in completed:
+            wake = await _wake_of(woken)
+            reply = await ctx.object_call(take_outcome, key=key, arg=Empty())
+            if reply.status in ("approved", "rejected"):
+                if wake is not None:
+                    # A forged wake raced the real decision; the arbiter's record is what counts.
+                    intruded(await _intrusion(step, wake))
+                return reply, pending
+            # Not the arbiter's wake: refuse it, record it, and keep waiting on a fresh awakeable.
+            intruded(await _intrusion(step, wake or ("resolved", "with the arbiter's own value")))
+            woken, decided, pending = await _rearm(step, pending, key)
+            persist(pending)
+            if decided is not None:
+                return decided, pending
+        elif reminder is not None and reminder in completed:
+            reminder = None
+            pending = await _remind(step, pending, key)
+            persist(pending)
+        else:
+            # The arbiter closes the gate, unless a decision reached it first: then that wins.
+            return await ctx.object_call(expire, key=key, arg=Empty()), pending
+
+
+async def _wake_of(woken: Wake) -> tuple[str, str] | None:
+    """None for the arbiter's own wake; else how the awakeable was completed, for the record."""
+    try:
+        value = await woken
+    except TerminalError as exc:
+        return "rejected", f"rejected with {exc.message[:INTRUSION_DETAIL_CHARS]!r}"
+    if value == WAKE:
+        return None
+    return "resolved", f"resolved with {value[:INTRUSION_DETAIL_CHARS]!r}"
+
+
+async def _intrusion(step: GateStep, wake: tuple[str, str]) -> GateIntrusion:
+    how, detail = wake
+    return GateIntrusion(
+        state=step.state,
+        at=await step.ctx.time(),
+        how="rejected" if how == "rejected" else "resolved",
+        detail=f"the task's awakeable was {detail} without the arbiter; refused, the gate stays open",
+    )
+
+
+async def _rearm(
+    step: GateStep, pending: PendingApproval, key: str
+) -> tuple[Wake, GateReply | None, PendingApproval]:
+    """A fresh awakeable for the gate; the arbiter's outcome instead if it was decided meanwhile."""
+    ctx = step.ctx
+    awakeable_id, woken = ctx.awakeable(serde=BytesSerde())
+    pending = pending.model_copy(update={"awakeable_id": awakeable_id})
+    reply = await ctx.object_call(rearm, key=key, arg=Rearm(awakeable_id=awakeable_id))
+    if reply.status == "missing":
+        # The arbiter has no gate (it was never opened, or closed by a failed earlier attempt):
+        # open it again for the same approval.
+        await ctx.object_call(open_gate, key=key, arg=pending)
+        return woken, None, pending
+    if reply.status == "open":
+        return woken, None, pending
+    # Decided (or expired) before the new awakeable was in place: take that outcome.
+    return woken, await ctx.object_call(take_outcome, key=key, arg=Empty()), pending
 
 
 async def _remind(step: GateStep, pending: PendingApproval, key: str) -> PendingApproval:

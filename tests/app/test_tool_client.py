@@ -24,7 +24,7 @@ def test_success_passes(status: int) -> None:
     classify(answer(status), "tool x")
 
 
-@pytest.mark.parametrize("status", [400, 401, 403, 404, 413, 422])
+@pytest.mark.parametrize("status", [400, 403, 404, 413, 422])
 def test_refusals_are_terminal_with_the_service_message(status: int) -> None:
     body = {"error": {"code": "bad", "message": "user_id is required", "details": "loc=user_id"}}
     with pytest.raises(TerminalError) as raised:
@@ -55,6 +55,19 @@ def test_throttling_is_retried(status: int) -> None:
 def test_server_errors_are_transient(status: int) -> None:
     with pytest.raises(ToolServiceError):
         classify(answer(status), "tool x")
+
+
+def test_our_own_credential_refused_is_a_stall_not_a_task_failure() -> None:
+    # A wrong TOOLS_API_TOKEN is fixed by an operator; it must not fail work a human approved.
+    with pytest.raises(ToolServiceError, match="TOOLS_API_TOKEN"):
+        classify(answer(401, {"error": {"code": "unauthorized", "message": "needs a token"}}), "tool x")
+
+
+def test_a_key_used_for_another_request_fails_loudly_as_a_conflict() -> None:
+    body = {"error": {"code": "idempotency_key_reused", "message": "reused"}}
+    with pytest.raises(TerminalError) as raised:
+        classify(answer(422, body), "tool x")
+    assert "idempotency_key_conflict" in raised.value.message
 
 
 def test_non_json_error_bodies_are_reported() -> None:

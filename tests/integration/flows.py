@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
-
-import httpx
 
 from deploy.local import Stack, wait_until
 
@@ -20,12 +19,34 @@ SLOW_TOOLS_ENV = {"TOOLS_SIMULATED_LATENCY_MS": "1500", "IDEMPOTENCY_LEASE_SECON
 
 def idempotency_status(stack: Stack, key: str) -> str | None:
     """The tool service's record of an Idempotency-Key: in_flight, done, or None if unknown."""
-    response = httpx.get(f"{stack.tools_url}/idempotency/{key}", timeout=5)
+    response = stack.tools_get(f"/idempotency/{key}")
     if response.status_code == 404:
         return None
     response.raise_for_status()
     status: str = response.json()["status"]
     return status
+
+
+def task_salt(stack: Stack, agent: str, task_id: str) -> str:
+    """The task's key salt, read from Restate's state as an operator could (it is in no public
+    answer: it is what makes the task's Idempotency-Keys unguessable)."""
+    found: list[str] = []
+
+    def created() -> bool:
+        rows = stack.sql(
+            f"select value_utf8 from state where service_name = '{agent}' "
+            f"and service_key = '{task_id}' and key = 'task'"
+        )
+        found.extend(json.loads(row["value_utf8"])["key_salt"] for row in rows)
+        return bool(found)
+
+    wait_until(created, timeout=60, interval=0.1, what=f"{agent}/{task_id} to be created")
+    return found[0]
+
+
+def tool_key(stack: Stack, agent: str, task_id: str, step: str) -> str:
+    """The Idempotency-Key a task uses for `step` ("EXECUTE.1:0")."""
+    return f"{agent}:{task_id}:{task_salt(stack, agent, task_id)}:{step}"
 
 
 def new_task_id(prefix: str = "t") -> str:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
-
-import httpx
 
 from deploy.local import Stack
 from tests.integration.flows import (
@@ -19,7 +18,7 @@ from tests.integration.flows import (
 
 
 def tickets(stack: Stack) -> list[dict[str, Any]]:
-    response = httpx.get(f"{stack.tools_url}/tickets", timeout=10)
+    response = stack.tools_get("/tickets")
     response.raise_for_status()
     found: list[dict[str, Any]] = response.json()["tickets"]
     return found
@@ -39,7 +38,8 @@ def test_task_reaches_complete_through_the_ingress(any_stack: Stack) -> None:
     assert view["result"]["tool_calls"] == 1
     executed = view["data"]["executed"]
     assert [call["tool"] for call in executed] == ["create_ticket"]
-    assert executed[0]["idempotency_key"] == f"AgentTask:{task_id}:EXECUTE.1:0"
+    # Agent, task, the task's unguessable salt, state, visit and call index.
+    assert re.fullmatch(rf"AgentTask:{task_id}:[0-9a-f]{{24}}:EXECUTE\.1:0", executed[0]["idempotency_key"])
 
     assert_one_event_per_transition(any_stack, "AgentTask", task_id, view)
     # status (shared) reports the same view, and the ticket exists exactly once.

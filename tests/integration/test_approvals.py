@@ -4,6 +4,7 @@ webhook's refusals, the inbox API, and tasks parked at a gate surviving crashes 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 
 from app.events import store_for
 from app.settings import DEV_OPERATOR_TOKEN, DEV_WEBHOOK_SECRET
-from deploy.local import Stack, running_stack
+from deploy.local import Stack, running_stack, wait_until
 from tests.integration.conftest import sqlite_url
 from tests.integration.flows import END, new_task_id, start, wait_parked
 
@@ -29,14 +30,14 @@ OPERATOR = {"authorization": f"Bearer {DEV_OPERATOR_TOKEN}"}
 
 
 def notifications(stack: Stack, **filters: str) -> list[dict[str, Any]]:
-    response = httpx.get(f"{stack.tools_url}/notifications", params=filters, timeout=10)
+    response = stack.tools_get("/notifications", filters)
     response.raise_for_status()
     rows: list[dict[str, Any]] = response.json()["notifications"]
     return rows
 
 
 def approval_ticket(stack: Stack, ticket_id: str) -> dict[str, Any]:
-    response = httpx.get(f"{stack.tools_url}/approval-tickets/{ticket_id}", timeout=10)
+    response = stack.tools_get(f"/approval-tickets/{ticket_id}")
     response.raise_for_status()
     ticket: dict[str, Any] = response.json()
     return ticket
@@ -133,10 +134,14 @@ def test_webhook_refusals_change_nothing(stack: Stack) -> None:
     forged = stack.signed_webhook(good, "not-the-secret")
     assert forged.status_code == 401 and forged.json()["error"]["code"] == "bad_signature"
     other = json.dumps({**good, "comment": "changed"}).encode()
-    from app.approvals.signature import HEADER, sign
+    from app.approvals.signature import signed_headers
 
-    mismatched = httpx.post(url, content=other, headers={HEADER: sign(DEV_WEBHOOK_SECRET, raw)}, timeout=10)
+    mismatched = httpx.post(url, content=other, headers=signed_headers(DEV_WEBHOOK_SECRET, raw), timeout=10)
     assert mismatched.status_code == 401
+    # A captured delivery replayed after the 5-minute window, or dated in the future, is refused.
+    stale = stack.signed_webhook(good, timestamp=int(time.time()) - 301)
+    assert stale.status_code == 401 and "window" in stale.json()["error"]["message"]
+    assert stack.signed_webhook(good, timestamp=int(time.time()) + 301).status_code == 401
 
     # 422: signed but malformed.
     for bad in [
@@ -164,35 +169,53 @@ def test_webhook_refusals_change_nothing(stack: Stack) -> None:
     assert after["approvals"] == []
 
     # The real decision still works, exactly once; a second one is a 409 and changes nothing.
-    assert stack.signed_webhook(good, DEV_WEBHOOK_SECRET).status_code == 200
+    sent_at = int(time.time())
+    first = stack.signed_webhook(good, DEV_WEBHOOK_SECRET, timestamp=sent_at)
+    assert first.status_code == 200
     second = stack.signed_webhook({**good, "decision": "reject"}, DEV_WEBHOOK_SECRET)
     assert second.status_code == 409
     assert second.json()["error"]["code"] in {"already_decided", "not_waiting"}
     view = stack.wait_for_state("AgentTask", task_id, END)
     assert view["state"] == "COMPLETE" and len(view["approvals"]) == 1
-    late = stack.signed_webhook(good, DEV_WEBHOOK_SECRET)
+    # A retry of the same delivery (a lost response) gets the first answer again, even now.
+    again = stack.signed_webhook(good, DEV_WEBHOOK_SECRET, timestamp=sent_at)
+    assert again.status_code == 200 and again.json() == first.json()
+    late = stack.signed_webhook({**good, "comment": "too late"}, DEV_WEBHOOK_SECRET)
     assert late.status_code == 409 and late.json()["error"]["code"] == "not_waiting"
 
 
 def test_decide_handler_refuses_stale_hash_and_bad_input(stack: Stack) -> None:
     task_id = new_task_id("stale")
     start(stack, task_id, "open a ticket: door lock is broken")
-    wait_parked(stack, task_id)
+    pending = wait_parked(stack, task_id)["pending_approval"]
     stale = stack.decide("AgentTask", task_id, "approve", approval_hash="0" * 64)
     assert stale.status_code == 409 and "stale approval_hash" in stale.text
     malformed = stack.call("AgentTask", task_id, "decide", {"decision": "approve"})
     assert malformed.status_code == 400 and "approver" in malformed.text
+    # Well-formed, straight to the ingress, without the approvals surface's proof: refused.
+    unproven = {"decision": "approve", "approver": "ops-lead", "approval_hash": pending["approval_hash"]}
+    assert (
+        stack.call("AgentTask", task_id, "decide", {**unproven, "proof": "v1.9999999999.00.ff"}).status_code
+        == 401
+    )
     assert stack.status("AgentTask", task_id)["state"] == "WAIT_APPROVAL"
     assert stack.decide("AgentTask", task_id, "reject").status_code == 200
     assert stack.wait_for_state("AgentTask", task_id, END)["state"] == "FAILED"
 
 
-def test_approvals_api_needs_the_operator_token(stack: Stack) -> None:
+def test_approvals_api_needs_a_credential(stack: Stack) -> None:
     url = f"{stack.approvals_url}/approvals"
     assert httpx.get(url, timeout=10).status_code == 401
     assert httpx.get(url, headers={"authorization": "Bearer wrong"}, timeout=10).status_code == 401
     decide = httpx.post(f"{stack.approvals_url}/inbox/decide", json={}, timeout=10)
     assert decide.status_code == 401
+    # The operator token reads (no identity: it may decide nothing); an approver's credential too.
+    operator = httpx.get(url, headers=OPERATOR, timeout=30).json()
+    assert operator["signed_in_as"] is None
+    assert all(item["may_decide"] is False for item in operator["approvals"])
+    credential = stack.approver_credential("ops-lead")
+    mine = httpx.get(url, headers={"authorization": f"Bearer {credential}"}, timeout=30).json()
+    assert mine["signed_in_as"] == "ops-lead"
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +250,7 @@ def test_timeout_sends_one_reminder_then_fails_and_closes_everything(short_gate_
     assert notifications(stack, kind="approval_closed", reference=ticket_id)
     # Nothing is left waiting: the gate is closed and the inbox no longer lists it.
     late = stack.decide("AgentTask", task_id, "approve", approval_hash=pending["approval_hash"])
-    assert late.status_code == 409
+    assert late.status_code == 409, late.text
     assert not any(item["task_id"] == task_id for item in pending_approvals(stack))
 
 
@@ -239,8 +262,6 @@ def test_escalation_approver_may_decide_after_the_reminder(short_gate_stack: Sta
     assert stack.decide("AgentTask", task_id, "approve", approver="ops-manager").status_code == 403
     reminded = stack.wait_for_state("AgentTask", task_id, {"WAIT_APPROVAL"}, timeout=20)
     # Poll until the reminder went out; then the escalation approver is one of the approvers.
-    from deploy.local import wait_until
-
     wait_until(
         lambda: stack.status("AgentTask", task_id)["pending_approval"]["reminded"] is True,
         timeout=20,
@@ -257,33 +278,65 @@ def test_escalation_approver_may_decide_after_the_reminder(short_gate_stack: Sta
     assert view["approvals"][0]["approver"] == "ops-manager" and view["approvals"][0]["reminded"] is True
 
 
-def test_a_decision_that_bypasses_the_gate_approves_nothing(stack: Stack) -> None:
+def awakeable_of(stack: Stack, agent: str, task_id: str) -> str:
+    """The awakeable a waiting task's gate holds, read from Restate's state (admin access)."""
+    rows = stack.sql(
+        f"select value_utf8 from state where service_name = '{agent}' "
+        f"and service_key = '{task_id}' and key = 'task'"
+    )
+    awakeable_id: str = json.loads(rows[0]["value_utf8"])["pending_approval"]["awakeable_id"]
+    return awakeable_id
+
+
+def test_a_wake_that_bypasses_the_gate_changes_nothing_and_the_gate_is_rearmed(any_stack: Stack) -> None:
+    stack = any_stack
     task_id = new_task_id("bypass")
     start(stack, task_id, "open a ticket: the vault door is broken")
     pending = wait_parked(stack, task_id)["pending_approval"]
-    # Someone with access to Restate's state and ingress resolves the awakeable directly,
-    # skipping the arbiter's hash and approver checks.
-    rows = stack.sql(
-        "select value_utf8 from state where service_name = 'AgentTask' "
-        f"and service_key = '{task_id}' and key = 'task'"
-    )
-    awakeable_id = json.loads(rows[0]["value_utf8"])["pending_approval"]["awakeable_id"]
-    forged = {
-        "decision": "approve",
-        "approver": "mallory",
-        "comment": None,
-        "approval_hash": pending["approval_hash"],
-        "decided_at": 0.0,
-    }
-    resolved = httpx.post(
-        f"{stack.ingress_url}/restate/awakeables/{awakeable_id}/resolve", json=forged, timeout=10
-    )
+    # Someone who learnt the awakeable's id resolves it straight through the ingress, skipping
+    # the arbiter's hash and approver checks, then rejects the re-armed one.
+    forged = {"decision": "approve", "approver": "mallory", "approval_hash": pending["approval_hash"]}
+    first = awakeable_of(stack, "AgentTask", task_id)
+    resolved = httpx.post(f"{stack.ingress_url}/restate/awakeables/{first}/resolve", json=forged, timeout=10)
     assert resolved.status_code < 300, resolved.text
+    wait_until(
+        lambda: (
+            len(stack.status("AgentTask", task_id)["intrusions"]) == 1
+            and awakeable_of(stack, "AgentTask", task_id) != first
+        ),
+        timeout=30,
+        what="the intrusion to be recorded and the gate re-armed",
+    )
+    second = awakeable_of(stack, "AgentTask", task_id)
+    rejected = httpx.post(
+        f"{stack.ingress_url}/restate/awakeables/{second}/reject",
+        content=b"denied",
+        headers={"content-type": "text/plain"},
+        timeout=10,
+    )
+    assert rejected.status_code < 300, rejected.text
+    wait_until(
+        lambda: len(stack.status("AgentTask", task_id)["intrusions"]) == 2,
+        timeout=30,
+        what="the second intrusion",
+    )
 
-    view = stack.wait_for_state("AgentTask", task_id, END)
-    assert view["state"] == "FAILED"
-    assert view["error"]["code"] == "approval_rejected"
-    [record] = view["approvals"]
-    assert record["approver"] == "system:gate-guard" and "bypassed the approval gate" in record["comment"]
+    # Nothing changed: the task still waits for the same approval, nothing was executed.
+    view = stack.status("AgentTask", task_id)
+    assert view["state"] == "WAIT_APPROVAL" and view["approvals"] == []
+    assert view["pending_approval"]["approval_hash"] == pending["approval_hash"]
     assert view["data"]["executed"] == []
-    assert approval_ticket(stack, pending["approval_ticket_id"])["status"] == "rejected"
+    assert [i["how"] for i in view["intrusions"]] == ["resolved", "rejected"]
+    assert approval_ticket(stack, pending["approval_ticket_id"])["status"] == "open"
+    # The real approver still decides, once.
+    assert stack.decide("AgentTask", task_id, "approve").status_code == 200
+    done = stack.wait_for_state("AgentTask", task_id, END)
+    assert done["state"] == "COMPLETE" and done["approvals"][0]["approver"] == "ops-lead"
+    assert len(done["intrusions"]) == 2
+    # The refused wakes are in the audit record, with the transition that left the gate.
+    [left_gate] = [
+        e
+        for e in store_for(stack.database_url).events("AgentTask", task_id)
+        if e.from_state == "WAIT_APPROVAL"
+    ]
+    assert [i["how"] for i in left_gate.payload["intrusions"]] == ["resolved", "rejected"]

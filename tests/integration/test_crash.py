@@ -10,7 +10,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
 from deploy.local import Stack, running_stack, wait_until
@@ -21,6 +20,7 @@ from tests.integration.flows import (
     assert_one_event_per_transition,
     idempotency_status,
     start,
+    tool_key,
     wait_parked,
 )
 
@@ -73,7 +73,7 @@ def test_sigkill_during_a_tool_call_resumes_without_repeating_anything(
     assert crash_stack.decide("AgentTask", task_id, "approve").status_code == 200
 
     # Wait until the EXECUTE step's first tool call is claimed at the tool service: it is in flight.
-    key = f"AgentTask:{task_id}:EXECUTE.1:0"
+    key = tool_key(crash_stack, "AgentTask", task_id, "EXECUTE.1:0")
     wait_until(
         lambda: idempotency_status(crash_stack, key) == "in_flight", timeout=60, what=f"{key} in flight"
     )
@@ -87,7 +87,7 @@ def test_sigkill_during_a_tool_call_resumes_without_repeating_anything(
     assert view["model"] == "claude-test"
     assert idempotency_status(crash_stack, key) == "done"
     ticket_id = view["data"]["executed"][0]["result"]["ticket_id"]
-    tickets = httpx.get(f"{crash_stack.tools_url}/tickets", timeout=5).json()
+    tickets = crash_stack.tools_get("/tickets").json()
     tickets = tickets["tickets"] if isinstance(tickets, dict) else tickets
     assert [t["ticket_id"] for t in tickets].count(ticket_id) == 1
     # The event log has one event per transition: the crash and the replay added none and lost none.

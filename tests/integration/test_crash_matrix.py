@@ -51,7 +51,7 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stac
 def body_for(stack: Stack, agent: str) -> dict[str, Any]:
     if agent == "AgentTask":
         return {"user_id": "u-1", "task": "open a ticket and notify me: the scanner is broken"}
-    with httpx.Client(base_url=stack.tools_url, timeout=60) as client:
+    with httpx.Client(base_url=stack.tools_url, timeout=60, headers=stack.expenses_auth) as client:
         expenses = seed_expenses(client, batch=uuid.uuid4().hex[:8])
     return {"expense_id": next(e.expense_id for e in expenses if e.label == "hotel-stay")}
 
@@ -88,9 +88,7 @@ def side_effects(stack: Stack, agent: str, view: dict[str, Any]) -> dict[str, An
     for call in view["data"].get("executed", []):
         effects[call["tool"]] = idempotency_status(stack, call["idempotency_key"])
     if agent == "ExpenseReport":
-        ledger = httpx.get(
-            f"{stack.tools_url}/ledger", params={"expense_id": view["data"]["expense_id"]}, timeout=10
-        )
+        ledger = stack.tools_get("/ledger", {"expense_id": view["data"]["expense_id"]})
         effects["postings"] = len(ledger.json()["postings"])
     return effects
 

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
@@ -55,7 +54,7 @@ def test_tools_slower_than_their_timeout_act_once(slow_tools_stack: Stack) -> No
     for call in view["data"]["executed"]:
         assert idempotency_status(stack, call["idempotency_key"]) == "done"
     ticket_id = view["data"]["executed"][0]["result"]["ticket_id"]
-    tickets = httpx.get(f"{stack.tools_url}/tickets", timeout=10).json()["tickets"]
+    tickets = stack.tools_get("/tickets").json()["tickets"]
     assert [t["ticket_id"] for t in tickets].count(ticket_id) == 1
     assert "ReadTimeout" in stack.app.log_path.read_text(), "no call outlasted its timeout"
 

@@ -9,7 +9,13 @@ import pytest
 
 from deploy.local import ManagedProcess, Stack, running_stack, wait_until
 from tests.integration.conftest import sqlite_url
-from tests.integration.flows import END, SLOW_TOOLS_ENV, assert_one_event_per_transition, idempotency_status
+from tests.integration.flows import (
+    END,
+    SLOW_TOOLS_ENV,
+    assert_one_event_per_transition,
+    idempotency_status,
+    tool_key,
+)
 from tests.integration.test_expense_report import postings, run_report, seeded
 
 RELIABILITY = {
@@ -31,7 +37,7 @@ def slow_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def crash_during_record(stack: Stack, victim: ManagedProcess) -> None:
     expense_id = seeded(stack)["small-lunch"]  # auto-approved: straight from ROUTE to RECORD
     task_id = run_report(stack, expense_id)
-    key = f"ExpenseReport:{task_id}:RECORD.1:0"
+    key = tool_key(stack, "ExpenseReport", task_id, "RECORD.1:0")
     wait_until(lambda: idempotency_status(stack, key) == "in_flight", timeout=90, what=f"{key} in flight")
     victim.kill()
     assert not victim.alive()

@@ -21,12 +21,12 @@ AUTO_APPROVED_PATH = ["FETCH", "VERIFY", "CLASSIFY", "ROUTE", "RECORD", "COMPLET
 
 def seeded(stack: Stack) -> dict[str, str]:
     """Seed a fresh batch of the sample expenses; label -> expense id."""
-    with httpx.Client(base_url=stack.tools_url, timeout=60) as client:
+    with httpx.Client(base_url=stack.tools_url, timeout=60, headers=stack.expenses_auth) as client:
         return {item.label: item.expense_id for item in seed_expenses(client, batch=uuid.uuid4().hex[:8])}
 
 
 def postings(stack: Stack, expense_id: str) -> list[dict[str, Any]]:
-    response = httpx.get(f"{stack.tools_url}/ledger", params={"expense_id": expense_id}, timeout=10)
+    response = stack.tools_get("/ledger", {"expense_id": expense_id})
     response.raise_for_status()
     rows: list[dict[str, Any]] = response.json()["postings"]
     return rows

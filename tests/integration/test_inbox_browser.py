@@ -1,11 +1,11 @@
-"""The operator inbox in a real headless Chromium against the real stack: a pending task is
-listed, and approving it in the browser completes the task."""
+"""The inbox in a real headless Chromium against the real stack: an approver signs in with their
+personal credential, a pending task is listed, and approving it in the browser completes the task
+with the approver the credential names."""
 
 from __future__ import annotations
 
 from playwright.sync_api import expect
 
-from app.settings import DEV_OPERATOR_TOKEN
 from deploy.local import Stack
 from tests.browser import chromium
 from tests.integration.flows import END, new_task_id, start, wait_parked
@@ -20,9 +20,9 @@ def test_approving_in_the_inbox_page_completes_the_task(stack: Stack) -> None:
         context = browser.new_context(viewport={"width": 1280, "height": 800})
         page = context.new_page()
         page.goto(f"{stack.approvals_url}/inbox")
-        page.get_by_test_id("token-input").fill(DEV_OPERATOR_TOKEN)
-        page.get_by_test_id("operator-input").fill("ops-lead")
+        page.get_by_test_id("token-input").fill(stack.approver_credential("ops-lead"))
         page.get_by_test_id("sign-in").click()
+        expect(page.locator("#who")).to_have_text("ops-lead", timeout=15_000)
 
         row = page.locator(f'[data-testid="approval-row"][data-task-id="{task_id}"]')
         expect(row).to_be_visible(timeout=15_000)

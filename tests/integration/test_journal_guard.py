@@ -41,7 +41,7 @@ def test_reference_runs_keep_the_recorded_journal_shape(stack: Stack, agent: str
     if agent == "AgentTask":
         body = {"user_id": "u-1", "task": "summarize my history"}
     else:
-        with httpx.Client(base_url=stack.tools_url, timeout=60) as client:
+        with httpx.Client(base_url=stack.tools_url, timeout=60, headers=stack.expenses_auth) as client:
             expenses = seed_expenses(client, batch=key)
         body = {"expense_id": next(e.expense_id for e in expenses if e.label == "small-lunch")}
     signature = journal_signature(stack, reference_invocation(stack, agent, key, body))

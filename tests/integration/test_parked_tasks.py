@@ -105,7 +105,7 @@ def test_parked_tasks_survive_sigkill_of_restate_and_the_agent_service(parked_st
         assert set(pool.map(approve, task_ids)) == {200}
     views = [stack.wait_for_state("AgentTask", t, END, timeout=120) for t in task_ids]
     assert {v["state"] for v in views} == {"COMPLETE"}
-    tickets = httpx.get(f"{stack.tools_url}/tickets", timeout=10).json()["tickets"]
+    tickets = stack.tools_get("/tickets").json()["tickets"]
     created = [v["data"]["executed"][0]["result"]["ticket_id"] for v in views]
     all_ids = [t["ticket_id"] for t in tickets]
     assert all(all_ids.count(ticket) == 1 for ticket in created)

@@ -19,7 +19,19 @@ from tests.tools.calls import MovableClock
 from tools.api import create_app
 from tools.db import Base, create_schema, make_engine
 from tools.registry import ToolRegistry
-from tools.settings import ToolsSettings
+from tools.settings import DEV_EXPENSES_API_TOKEN, DEV_TOOLS_API_TOKEN, ToolsSettings
+
+EXPENSE_SURFACES = ("/expenses", "/ledger")
+
+
+def service_credentials(request: Any) -> Any:
+    """What the service's legitimate callers send: the expense portal's token on the expense
+    surfaces, the agent service's everywhere else (tests/tools/test_auth.py tests the refusals)."""
+    path = request.url.path
+    token = DEV_EXPENSES_API_TOKEN if path.startswith(EXPENSE_SURFACES) else DEV_TOOLS_API_TOKEN
+    request.headers.setdefault("authorization", f"Bearer {token}")
+    return request
+
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "TOOLS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -73,8 +85,13 @@ def make_client(database_url: str, clock: MovableClock) -> Iterator[Callable[...
     clients: list[TestClient] = []
 
     def make(registry: ToolRegistry | None = None, **settings: Any) -> TestClient:
-        app = create_app(ToolsSettings(DATABASE_URL=database_url, **settings), registry=registry, clock=clock)
+        app = create_app(
+            ToolsSettings(ENV="development", DATABASE_URL=database_url, **settings),
+            registry=registry,
+            clock=clock,
+        )
         client = TestClient(app)
+        client.auth = service_credentials
         client.__enter__()  # runs the lifespan: schema and demo data
         clients.append(client)
         return client

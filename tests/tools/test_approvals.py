@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from sqlalchemy import inspect, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.testclient import TestClient
@@ -15,6 +17,7 @@ from starlette.testclient import TestClient
 from tests.tools.calls import call_tool, count_rows, derived, store_of
 from tools import approvals
 from tools.approvals import ApprovalTicket, RequestApprovalArgs, request_approval
+from tools.db import Base, create_schema, make_engine
 from tools.definition import ToolCall
 from tools.idempotency import Claimed, Completed, IdempotencyKey, StoredResponse, request_hash
 from tools.notifications import OutboxNotification
@@ -102,6 +105,7 @@ def test_request_approval_opens_a_ticket_and_notifies_each_approver(client):
         "decided_by": None,
         "comment": None,
         "closed_at": None,
+        "subject": None,
     }
 
     rows = sorted(_outbox(client, reference=ticket_id), key=lambda row: row["notification_id"])
@@ -114,6 +118,38 @@ def test_request_approval_opens_a_ticket_and_notifies_each_approver(client):
         assert REQUEST["summary"] in row["body"]
         assert "2030-01-01T12:00:00+00:00" in row["body"]
         assert ticket_id in row["body"] and HASH in row["body"]
+
+
+def test_a_ticket_names_its_subject_and_its_messages_say_what_is_approved(client):
+    ticket_id = _open(client, subject="expense:EXP-0123456789ab")
+
+    assert _ticket(client, ticket_id)["subject"] == "expense:EXP-0123456789ab"
+    for row in _outbox(client, reference=ticket_id):
+        assert "Approves: expense:EXP-0123456789ab" in row["body"]
+    # Asking the gate again with the same subject answers with its open ticket.
+    again = call_tool(client, "request_approval", {**REQUEST, "subject": "expense:EXP-0123456789ab"}, "k-2")
+    assert again.json() == {"approval_ticket_id": ticket_id, "status": "open", "notified": []}
+
+
+@pytest.mark.parametrize("subject", [None, "expense:EXP-999999999999"], ids=["none", "another"])
+def test_asking_an_open_gate_with_another_subject_is_409_and_changes_nothing(client, subject):
+    ticket_id = _open(client, subject="expense:EXP-0123456789ab")
+    body: dict[str, Any] = {**REQUEST}
+    if subject is not None:
+        body["subject"] = subject
+
+    error = _error(
+        call_tool(client, "request_approval", body, "k-other-subject"), 409, "approval_subject_mismatch"
+    )
+
+    assert error["details"] == {
+        "approval_ticket_id": ticket_id,
+        "subject": "expense:EXP-0123456789ab",
+        "requested_subject": subject,
+    }
+    assert _ticket(client, ticket_id)["subject"] == "expense:EXP-0123456789ab"
+    assert count_rows(client, ApprovalTicket) == 1
+    assert count_rows(client, OutboxNotification) == 2
 
 
 def test_replaying_the_same_key_replays_and_writes_nothing(client):
@@ -409,6 +445,12 @@ def test_an_unknown_ticket_is_404_and_stored(client, tool):
         ("request_approval", {"agent": ""}, ["agent"]),
         ("request_approval", {"task_id": "t" * 257}, ["task_id"]),
         ("request_approval", {"deciders": ["x"]}, ["deciders"]),
+        ("request_approval", {"subject": ""}, ["subject"]),
+        ("request_approval", {"subject": "EXP-0123456789ab"}, ["subject"]),
+        ("request_approval", {"subject": "Expense:EXP-0123456789ab"}, ["subject"]),
+        ("request_approval", {"subject": "expense:EXP 1"}, ["subject"]),
+        ("request_approval", {"subject": "expense:" + "x" * 121}, ["subject"]),
+        ("request_approval", {"subject": 42}, ["subject"]),
         ("remind_approval", {"recipients": []}, ["recipients"]),
         ("remind_approval", {"recipients": ["a", "a"]}, ["recipients"]),
         ("remind_approval", {"message": ""}, ["message"]),
@@ -461,6 +503,7 @@ def test_the_catalog_describes_the_approval_tools(client):
         "deadline",
     }
     assert request_schema["properties"]["deadline"]["format"] == "date-time"
+    assert "subject" in request_schema["properties"]
     assert request_schema["properties"]["approvers"]["maxItems"] == 10
     assert set(tools["close_approval"]["args_schema"]["required"]) == {"approval_ticket_id", "outcome"}
     assert all(
@@ -513,3 +556,54 @@ def test_an_unknown_approval_ticket_is_404(client):
     error = _error(client.get("/approval-tickets/APR-nothing"), 404, "unknown_approval_ticket")
     assert error["details"] == {"approval_ticket_id": "APR-nothing"}
     assert client.get("/approval-tickets").json() == {"approval_tickets": []}
+
+
+# --- upgrading a table created before `subject` existed ---------------------------------------
+
+
+def _columns(engine: Any, table: str) -> set[str]:
+    return {column["name"] for column in inspect(engine).get_columns(table)}
+
+
+def test_approval_tickets_of_the_previous_version_gain_the_subject_column(database_url, make_client):
+    engine = make_engine(database_url)
+    try:
+        create_schema(engine)
+        with engine.begin() as connection:
+            # The previous version's table: today's without the column.
+            connection.execute(text("ALTER TABLE approval_tickets DROP COLUMN subject"))
+            at = datetime(2025, 1, 1, tzinfo=UTC)
+            # Only the old columns are named, so the insert is the previous version's.
+            connection.execute(
+                Base.metadata.tables["approval_tickets"].insert(),
+                {
+                    "ticket_id": "APR-old",
+                    "idempotency_key": "k-old",
+                    "agent": "ExpenseReport",
+                    "task_id": "t-old",
+                    "approval_hash": HASH,
+                    "summary": "Old",
+                    "approvers": ["ops-lead"],
+                    "deadline": at,
+                    "status": "approved",
+                    "reminders": 0,
+                    "decided_by": "ops-lead",
+                    "created_at": at,
+                },
+            )
+        assert "subject" not in _columns(engine, "approval_tickets")
+
+        create_schema(engine)
+        create_schema(engine)  # a second start finds the table current and leaves it alone
+
+        assert "subject" in _columns(engine, "approval_tickets")
+        with Session(engine) as session:
+            old = session.scalars(select(ApprovalTicket)).one()
+        assert (old.ticket_id, old.status, old.subject) == ("APR-old", "approved", None)
+    finally:
+        engine.dispose()
+
+    client = make_client()
+    ticket_id = _open(client, subject="expense:EXP-0123456789ab")
+    assert _ticket(client, ticket_id)["subject"] == "expense:EXP-0123456789ab"
+    assert _ticket(client, "APR-old")["subject"] is None

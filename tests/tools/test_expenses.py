@@ -3,6 +3,7 @@ and PostgreSQL. Every refused submission leaves nothing behind."""
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import re
 import struct
@@ -22,6 +23,8 @@ from tests.tools.calls import (
     store_of,
     submit_expense,
 )
+from tools import expenses
+from tools.errors import ApiError
 from tools.expenses import (
     RECEIPT_MAX_BYTES,
     SUBMIT_EXPENSE,
@@ -29,8 +32,10 @@ from tools.expenses import (
     ExpenseSubmission,
     Submission,
     check_receipt,
+    parse_submission,
 )
 from tools.idempotency import IdempotencyKey
+from tools.uploads import Form, UploadedFile
 
 
 def _assert_nothing_stored(client: TestClient) -> None:
@@ -180,6 +185,75 @@ def test_the_largest_amount_and_description_are_accepted(client):
 
     assert response.status_code == 201, response.text
     assert response.json()["amount"] == "1000000.00"
+
+
+# --- the expense date -----------------------------------------------------------------------
+
+
+def _days_from_today(days: int) -> str:
+    return (expenses.service_date() + dt.timedelta(days=days)).isoformat()
+
+
+@pytest.mark.parametrize(
+    ("days", "kind"),
+    [(2, "date_in_future"), (400, "date_in_future"), (-366, "date_too_old"), (-5000, "date_too_old")],
+)
+def test_a_claim_dated_in_the_future_or_too_long_ago_is_422_naming_the_date_and_stores_nothing(
+    client, days, kind
+):
+    response = submit_expense(client, {**EXPENSE_FIELDS, "date": _days_from_today(days)}, key="k-date")
+
+    error = _error(response, 422, "validation_error")
+    assert [(item["loc"], item["type"]) for item in error["details"]] == [(["form", "date"], kind)]
+    assert error["details"][0]["msg"]
+    _assert_nothing_stored(client)
+
+
+@pytest.mark.parametrize("days", [1, 0, -365], ids=["tomorrow", "today", "365-days-ago"])
+def test_a_claim_dated_up_to_a_day_ahead_or_within_the_age_limit_is_accepted(client, days):
+    response = submit_expense(client, {**EXPENSE_FIELDS, "date": _days_from_today(days)})
+
+    assert response.status_code == 201, response.text
+
+
+def test_today_is_the_services_utc_date(client, clock):
+    # The service clock (which tests move) says what today is.
+    now = clock()
+    clock.advance((dt.datetime(2031, 6, 1, 12, tzinfo=dt.UTC) - now).total_seconds())
+
+    accepted = submit_expense(client, {**EXPENSE_FIELDS, "date": "2031-06-02"})
+    refused = submit_expense(client, {**EXPENSE_FIELDS, "date": "2031-06-03"})
+
+    assert accepted.status_code == 201, accepted.text
+    error = _error(refused, 422, "validation_error")
+    assert error["details"][0]["type"] == "date_in_future"
+    assert "2031-06-02" in error["details"][0]["msg"]
+
+
+def _form(**fields: str) -> Form:
+    return Form(
+        fields={name: [value] for name, value in {**EXPENSE_FIELDS, **fields}.items()},
+        files={"receipt": [UploadedFile(filename="receipt.png", data=receipt_png())]},
+    )
+
+
+def test_parse_submission_takes_the_day_and_the_age_limit():
+    today = dt.date(2031, 1, 10)
+
+    assert parse_submission(_form(date="2031-01-05"), today=today, max_age_days=5).fields.date == dt.date(
+        2031, 1, 5
+    )
+    with pytest.raises(ApiError) as refused:
+        parse_submission(_form(date="2031-01-04", amount="abc"), today=today, max_age_days=5)
+
+    # Every field problem at once, the date's among them.
+    assert refused.value.status_code == 422
+    assert {item["loc"][1]: item["type"] for item in refused.value.details} == {
+        "amount": "value_error",
+        "date": "date_too_old",
+    }
+    [date_error] = [item for item in refused.value.details if item["loc"] == ["form", "date"]]
+    assert "at most 5 days" in date_error["msg"] and "2031-01-05" in date_error["msg"]
 
 
 @pytest.mark.parametrize("missing", ["employee_id", "amount", "date", "merchant"])
@@ -342,12 +416,12 @@ def test_the_same_key_and_submission_returns_the_same_expense(client):
     retry = submit_expense(client, {**EXPENSE_FIELDS, "amount": "18.5"}, key="upload-1")
 
     assert first.status_code == 201
-    assert first.json()["expense_id"] == derived("EXP", "upload-1")
+    assert first.json()["expense_id"] == derived("EXP", "expenses:upload-1")
     assert retry.status_code == 200
     assert retry.headers["idempotent-replayed"] == "true"
     assert retry.content == first.content
     assert count_rows(client, Expense) == 1
-    assert client.get("/idempotency/upload-1").json()["tool_name"] == SUBMIT_EXPENSE
+    assert client.get("/idempotency/upload-1?scope=expenses").json()["tool_name"] == SUBMIT_EXPENSE
 
 
 @pytest.mark.parametrize("change", ["field", "image"])
@@ -364,18 +438,26 @@ def test_the_same_key_with_another_submission_is_422(client, change):
     assert expense["amount"] == "18.50" and expense["receipt_content_type"] == "image/png"
 
 
-def test_a_key_used_for_a_tool_call_cannot_submit_an_expense(client):
+def test_a_portals_keys_and_the_agents_keys_live_in_separate_namespaces(client):
+    # The same string as an agent's tool-call key neither blocks the submission nor is blocked by
+    # it: a portal choosing its own keys cannot squat a key an agent is about to use.
     call_tool(client, "lookup_user_history", {"user_id": "u-1"}, "shared-key")
-
-    _error(submit_expense(client, key="shared-key"), 422, "idempotency_key_reused")
-    assert count_rows(client, Expense) == 0
+    assert submit_expense(client, key="shared-key").status_code == 201
+    assert call_tool(client, "lookup_user_history", {"user_id": "u-1"}, "shared-key").status_code == 200
+    assert count_rows(client, Expense) == 1
+    # ...and a tool call may not use the portal's namespace.
+    _error(
+        call_tool(client, "lookup_user_history", {"user_id": "u-1"}, "expenses:shared-key"),
+        400,
+        "invalid_idempotency_key",
+    )
 
 
 def test_the_same_key_while_the_first_is_in_flight_is_409(client):
     submission = Submission(
         fields=ExpenseSubmission.model_validate(EXPENSE_FIELDS), receipt=check_receipt(receipt_png())
     )
-    store_of(client).claim("upload-busy", SUBMIT_EXPENSE, submission.request_hash())
+    store_of(client).claim("expenses:upload-busy", SUBMIT_EXPENSE, submission.request_hash())
 
     busy = submit_expense(client, key="upload-busy")
 
@@ -400,8 +482,7 @@ def test_get_expense_returns_the_claim_without_the_image(client):
     assert response.status_code == 200
     assert response.json() == {
         "expense_id": expense["expense_id"],
-        **{name: value for name, value in EXPENSE_FIELDS.items() if name != "date"},
-        "date": "2025-03-14",
+        **EXPENSE_FIELDS,
         "status": "submitted",
         "submitted_at": expense["submitted_at"],
     }

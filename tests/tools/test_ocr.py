@@ -7,6 +7,7 @@ about 0.2 s each.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 import os
 import threading
@@ -15,11 +16,12 @@ from typing import Any
 
 import pytest
 from PIL import Image, ImageFilter, ImageOps
+from sqlalchemy.orm import Session
 
-from tests.tools.calls import TICKET, call_tool, count_rows
+from tests.tools.calls import EXPENSE_FIELDS, TICKET, call_tool, count_rows
 from tools import expenses, ocr
 from tools.definition import ToolFailure
-from tools.expenses import Expense
+from tools.expenses import Expense, ReceiptCheck
 from tools.idempotency import IdempotencyKey
 from tools.ocr import parse_receipt_text, read_receipt
 from tools.receipts import render_receipt
@@ -277,7 +279,12 @@ def test_ocr_receipt_of_an_unknown_expense_is_404(client):
 def test_ocr_receipt_of_a_blank_receipt_answers_unreadable(client):
     response = client.post(
         "/expenses",
-        data={"employee_id": "u-1", "amount": "5.00", "date": "2025-01-02", "merchant": "Somewhere"},
+        data={
+            "employee_id": "u-1",
+            "amount": "5.00",
+            "date": EXPENSE_FIELDS["date"],
+            "merchant": "Somewhere",
+        },
         files={"receipt": ("blank.png", _png(Image.new("L", (400, 300), 255)), "image/png")},
     )
     expense_id = response.json()["expense_id"]
@@ -286,6 +293,56 @@ def test_ocr_receipt_of_a_blank_receipt_answers_unreadable(client):
 
     assert result["readable"] is False
     assert (result["merchant"], result["total"], result["consistent"]) == (None, None, False)
+    check = _receipt_check(client, expense_id)
+    assert (check.readable, check.merchant, check.total) == (False, None, None)
+
+
+# --- the tool service's own record of what OCR read -----------------------------------------
+
+
+def _receipt_check(client: Any, expense_id: str) -> ReceiptCheck:
+    with Session(client.app.state.engine) as session:
+        check = session.get(ReceiptCheck, expense_id)
+    assert check is not None, f"no receipt check for {expense_id}"
+    return check
+
+
+def test_ocr_receipt_records_what_it_read_and_a_later_ocr_replaces_it(client, clock):
+    [expense, *_] = seed_expenses(client)
+    body = {"expense_id": expense.expense_id}
+    assert count_rows(client, ReceiptCheck) == 0
+
+    first = call_tool(client, "ocr_receipt", body, "t:VERIFY.0:0").json()
+
+    check = _receipt_check(client, expense.expense_id)
+    stored = client.get(f"/expenses/{expense.expense_id}")
+    receipt_sha256 = hashlib.sha256(client.get(stored.json()["receipt_url"]).content).hexdigest()
+    assert (check.readable, check.consistent) == (True, True)
+    assert (check.merchant, check.receipt_date, check.total) == (
+        expense.merchant,
+        expense.date,
+        Decimal(expense.receipt_total),
+    )
+    assert check.receipt_sha256 == receipt_sha256
+    assert (check.engine, check.idempotency_key) == (first["engine"], "t:VERIFY.0:0")
+    first_checked_at = check.checked_at
+
+    clock.advance(60)
+    call_tool(client, "ocr_receipt", body, "t:VERIFY.1:0")
+
+    again = _receipt_check(client, expense.expense_id)
+    assert count_rows(client, ReceiptCheck) == 1
+    assert again.idempotency_key == "t:VERIFY.1:0"
+    assert again.checked_at > first_checked_at
+    # A replay of the first call answers from the store and writes nothing.
+    call_tool(client, "ocr_receipt", body, "t:VERIFY.0:0")
+    assert _receipt_check(client, expense.expense_id).idempotency_key == "t:VERIFY.1:0"
+
+
+def test_an_ocr_of_an_unknown_expense_records_nothing(client):
+    call_tool(client, "ocr_receipt", {"expense_id": "EXP-0123456789ab"}, "k-ocr-unknown")
+
+    assert count_rows(client, ReceiptCheck) == 0
 
 
 def test_a_missing_tesseract_is_a_500_that_stores_nothing_and_the_retry_works(client, monkeypatch):

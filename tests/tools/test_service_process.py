@@ -18,10 +18,13 @@ from typing import Any
 import httpx
 
 from tests.tools.calls import TICKET
+from tools.settings import DEV_EXPENSES_API_TOKEN, DEV_TOOLS_API_TOKEN
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 STARTUP_DEADLINE_SECONDS = 30
 LATENCY_MS = 1500
+TOOLS_AUTH = {"authorization": f"Bearer {DEV_TOOLS_API_TOKEN}"}
+EXPENSES_AUTH = {"authorization": f"Bearer {DEV_EXPENSES_API_TOKEN}"}
 
 
 def _free_port() -> int:
@@ -58,6 +61,7 @@ def test_the_service_process_serves_idempotently_and_stops_on_sigterm(tmp_path):
     port = _free_port()
     env = {
         **os.environ,
+        "ENV": "development",
         "TOOLS_HOST": "127.0.0.1",
         "TOOLS_PORT": str(port),
         "DATABASE_URL": f"sqlite:///{tmp_path / 'tools.db'}",
@@ -70,7 +74,7 @@ def test_the_service_process_serves_idempotently_and_stops_on_sigterm(tmp_path):
             [sys.executable, "-m", "tools"], cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
         )
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10, headers=TOOLS_AUTH) as http:
             _wait_until(lambda: _healthy(http), STARTUP_DEADLINE_SECONDS, "/health", process)
             assert f"tools service listening on http://127.0.0.1:{port}" in log_path.read_text()
 
@@ -115,6 +119,7 @@ def test_the_seed_command_submits_the_demo_expenses_through_the_running_service(
     port = _free_port()
     env = {
         **os.environ,
+        "ENV": "development",
         "TOOLS_HOST": "127.0.0.1",
         "TOOLS_PORT": str(port),
         "DATABASE_URL": f"sqlite:///{tmp_path / 'tools.db'}",
@@ -125,7 +130,7 @@ def test_the_seed_command_submits_the_demo_expenses_through_the_running_service(
             [sys.executable, "-m", "tools"], cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
         )
     try:
-        with httpx.Client(base_url=url, timeout=10) as http:
+        with httpx.Client(base_url=url, timeout=10, headers=EXPENSES_AUTH) as http:
             _wait_until(lambda: _healthy(http), STARTUP_DEADLINE_SECONDS, "/health", process)
 
             runs = [

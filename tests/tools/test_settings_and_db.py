@@ -22,6 +22,7 @@ def test_defaults(monkeypatch):
         "MAX_BODY_BYTES",
     ):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ENV", "development")
 
     settings = ToolsSettings(_env_file=None)
 
@@ -34,6 +35,7 @@ def test_defaults(monkeypatch):
 
 
 def test_environment_variables_are_read(monkeypatch):
+    monkeypatch.setenv("ENV", "development")
     monkeypatch.setenv("TOOLS_PORT", "9191")
     monkeypatch.setenv("IDEMPOTENCY_LEASE_SECONDS", "5")
     monkeypatch.setenv("TOOLS_SIMULATED_LATENCY_MS", "250")

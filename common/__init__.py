@@ -1,0 +1,1 @@
+"""What both services share: configuration rules and nothing that knows either service."""
