@@ -51,8 +51,12 @@ format: $(PY_STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Two workers (the machine's two cores); a test file stays on one worker, so a module's stack is
+# started once. `make reliability` runs serially: its figures are timings.
+PARALLEL := -n 2 --dist loadfile
+
 test: install test-deps lint
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest $(PARALLEL) $(PYTEST_ARGS)
 
 unit: install
 	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
