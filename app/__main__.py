@@ -12,7 +12,7 @@ from app.machine import to_mermaid
 
 def _serve() -> None:
     from app.approvals.api import create_approvals_app
-    from app.service import MACHINES, create_restate_app
+    from app.service import create_restate_app, machines
     from app.serving import hypercorn_config, serve_until_signalled
     from app.settings import get_settings
     from app.tool_client import close_clients
@@ -33,7 +33,7 @@ def _serve() -> None:
     apps = [
         (create_restate_app(settings), hypercorn_config(settings.app_host, settings.app_port)),
         (
-            create_approvals_app(settings, MACHINES),
+            create_approvals_app(settings, machines()),
             hypercorn_config(settings.app_host, settings.approvals_port),
         ),
     ]
@@ -49,11 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "diagram":
-        from app.service import MACHINES
+        from app.service import machines
 
-        machine = MACHINES.get(args.name)
+        known = machines()
+        machine = known.get(args.name)
         if machine is None:
-            sys.stderr.write(f"unknown machine {args.name!r}; known: {', '.join(sorted(MACHINES))}\n")
+            sys.stderr.write(f"unknown machine {args.name!r}; known: {', '.join(sorted(known))}\n")
             return 2
         sys.stdout.write(to_mermaid(machine))
         return 0

@@ -738,9 +738,9 @@ def cmd_timeline(config: Config, args: argparse.Namespace) -> int:
 
 
 def terminal_states_of(agent: str) -> frozenset[str]:
-    from app.service import MACHINES
+    from app.service import machines
 
-    machine = MACHINES.get(agent)
+    machine = machines().get(agent)
     return machine.terminal if machine is not None else frozenset()
 
 
@@ -854,11 +854,11 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_archive(config: Config, args: argparse.Namespace) -> int:
     from app.events import archive_finished
-    from app.service import MACHINES
+    from app.service import machines
 
     seconds = args.older_than
     before = time.time() - seconds
-    terminal = {name: machine.terminal for name, machine in MACHINES.items()}
+    terminal = {name: machine.terminal for name, machine in machines().items()}
     store = open_store(config)
     config.note(f"archiving tasks finished before {iso(before)} into {args.dir} ...")
     try:
@@ -932,11 +932,12 @@ def cmd_approvers(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_diagram(config: Config, args: argparse.Namespace) -> int:
     from app.machine import to_mermaid
-    from app.service import MACHINES
+    from app.service import machines
 
-    machine = MACHINES.get(args.name)
+    known = machines()
+    machine = known.get(args.name)
     if machine is None:
-        raise not_found(f"unknown machine {args.name!r}; known: {', '.join(sorted(MACHINES))}")
+        raise not_found(f"unknown machine {args.name!r}; known: {', '.join(sorted(known))}")
     if config.json:
         config.emit({"name": args.name, "mermaid": to_mermaid(machine)})
     else:

@@ -30,6 +30,8 @@ from app.approvals.models import ApprovalRecord, ApprovalRequest, GateIntrusion,
 from app.approvals.waiting import GATE_ENTRY_TOOL_CALLS, Wake, await_gate, enter_gate
 from app.events import GENESIS, Appended, Event, new_event, store_for
 from app.faults import crash_if_planned
+from app.llm import LlmTask, current_model
+from app.llm.port import InT, OutT
 from app.machine import IllegalTransition, Machine, transition
 from app.settings import get_settings
 from app.tool_client import ToolResult
@@ -273,6 +275,11 @@ class StepContext(Generic[D]):
         return await self.ctx.run_typed(
             f"{self.state} {label}", action, _with_type(options, result_type), *args
         )
+
+    async def llm(self, task: LlmTask[InT, OutT], request: InT) -> OutT:
+        """Run one of the agent's LLM tasks as a journaled step: the output is journaled, never the
+        prompt; a replay returns the journaled output without calling the model."""
+        return await self.run(f"llm {task.name}", current_model().structured, task.output_type, task, request)
 
 
 StepFn = Callable[[StepContext[D]], Awaitable[Next]]

@@ -1,4 +1,4 @@
-"""The ASGI application Restate calls: every virtual object of the agent service, registered once."""
+"""The ASGI application Restate calls: every registered agent's virtual object, and the arbiter."""
 
 from __future__ import annotations
 
@@ -6,14 +6,15 @@ from typing import Any
 
 import restate
 
-from app.agents.agent_task import AGENT_TASK, agent_task
-from app.agents.expense_report import EXPENSE_REPORT, expense_report
+from app.agents import registered_agents
 from app.approvals.gate import approval_gate
 from app.machine import Machine
 from app.settings import Settings
 
-SERVICES = [agent_task, expense_report, approval_gate]
-MACHINES: dict[str, Machine] = {AGENT_TASK.name: AGENT_TASK, EXPENSE_REPORT.name: EXPENSE_REPORT}
+
+def machines() -> dict[str, Machine]:
+    """Every registered agent's machine, by name (diagrams, agentctl, the event log's checks)."""
+    return {name: agent.machine for name, agent in registered_agents().items()}
 
 
 def create_restate_app(settings: Settings) -> Any:
@@ -22,4 +23,7 @@ def create_restate_app(settings: Settings) -> Any:
     With identity keys, the SDK answers 401 to any request the Restate server did not sign, so
     reaching the endpoint's port is not enough to invoke a handler.
     """
-    return restate.app(services=SERVICES, identity_keys=settings.restate_identity_public_keys or None)
+    services = [agent.virtual_object for agent in registered_agents().values()]
+    return restate.app(
+        services=[*services, approval_gate], identity_keys=settings.restate_identity_public_keys or None
+    )

@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     # without them anyone who reaches the endpoint can invoke handlers, so production requires them.
     restate_identity_public_keys_csv: str = Field("", alias="RESTATE_IDENTITY_PUBLIC_KEYS")
 
+    # Agents beyond the packages under app/agents/: comma-separated module names, each declaring
+    # `AGENT` (app/agent.py). The service, the webhook and agentctl know them all.
+    agent_modules_csv: str = Field("", alias="AGENT_MODULES")
+
     # Restate invocation options. After this long without progress (a task waiting at a gate, or a
     # slow step) Restate asks the handler to suspend: a waiting task then costs no worker memory. A
     # step in flight is not cut short: it may finish within the abort timeout, which therefore
@@ -161,6 +165,10 @@ class Settings(BaseSettings):
     @property
     def auto_approve_categories(self) -> list[str]:
         return [name.strip() for name in self.auto_approve_categories_csv.split(",") if name.strip()]
+
+    @property
+    def agent_modules(self) -> list[str]:
+        return [name.strip() for name in self.agent_modules_csv.split(",") if name.strip()]
 
     @property
     def uses_offline_model(self) -> bool:

@@ -25,7 +25,6 @@ from pydantic import BaseModel, ConfigDict
 from restate import TerminalError
 from restate.exceptions import RetryableError
 
-from app.llm.port import ToolSpec
 from app.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -44,6 +43,20 @@ class ToolResult(BaseModel):
     idempotency_key: str
     result: dict[str, Any]
     replayed: bool = False
+
+
+class ToolSpec(BaseModel):
+    """A tool as the tool service's catalog (`GET /tools`) describes it.
+
+    Fields the catalog adds later are ignored, so the tool service can grow without breaking us.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    name: str
+    description: str
+    side_effects: bool
+    args_schema: dict[str, Any]
 
 
 class ToolCatalog(BaseModel):

@@ -19,13 +19,18 @@ class ToolRegistry:
     """An ordered, name-unique collection of tools."""
 
     def __init__(
-        self, tools: Iterable[Tool[Any, Any]] = (), toolsets: Mapping[str, Iterable[str]] | None = None
+        self,
+        tools: Iterable[Tool[Any, Any]] = (),
+        toolsets: Mapping[str, Iterable[str]] | None = None,
+        shared: Iterable[str] = (),
     ) -> None:
         self._tools: dict[str, Tool[Any, Any]] = {}
         for tool in tools:
             self.register(tool)
         self._toolsets = {agent: frozenset(names) for agent, names in (toolsets or {}).items()}
-        for agent, names in self._toolsets.items():
+        # Granted to every agent, also one registered after this service was built (its gates).
+        self._shared = frozenset(shared)
+        for agent, names in {**self._toolsets, "(shared)": self._shared}.items():
             unknown = sorted(names - set(self._tools))
             if unknown:
                 raise ValueError(f"the toolset of {agent} names unregistered tools {unknown}")
@@ -49,7 +54,7 @@ class ToolRegistry:
 
     def granted(self, agent: str | None, tool: str) -> bool:
         """May `agent` call `tool`? None is a direct caller with the token (agentctl, the demo)."""
-        return agent is None or tool in self._toolsets.get(agent, frozenset())
+        return agent is None or tool in self._shared or tool in self._toolsets.get(agent, frozenset())
 
     def catalog(self, agent: str | None = None) -> list[dict[str, Any]]:
         """What `GET /tools` shows: enough for an agent (or a person) to call each tool; for an
@@ -72,9 +77,10 @@ def _names(*groups: Iterable[Tool[Any, Any]]) -> frozenset[str]:
 
 
 # Every agent's gates call the approval tools; beyond those, each agent has its own domain.
+GATE_TOOLS = _names(approvals.TOOLS)
 AGENT_TOOLSETS: dict[str, frozenset[str]] = {
-    "AgentTask": _names(users.TOOLS, tickets.TOOLS, notifications.TOOLS, approvals.TOOLS),
-    "ExpenseReport": _names(expenses.TOOLS, routing.TOOLS, ledger.TOOLS, approvals.TOOLS),
+    "AgentTask": _names(users.TOOLS, tickets.TOOLS, notifications.TOOLS),
+    "ExpenseReport": _names(expenses.TOOLS, routing.TOOLS, ledger.TOOLS),
 }
 
 
@@ -91,4 +97,5 @@ def default_registry() -> ToolRegistry:
             *ledger.TOOLS,
         ],
         AGENT_TOOLSETS,
+        shared=GATE_TOOLS,
     )

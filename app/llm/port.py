@@ -1,118 +1,68 @@
-"""The model port: the small pydantic types that cross the journal and the interface every model implements.
+"""The model port: one structured call, an agent's declared LLM task and its input to its output.
 
-Only these types are journaled (results, never prompts or provider SDK objects), so a replay never
-depends on a provider's response format and the journal stays small.
+An agent declares each LLM step as an `LlmTask`: a name, an input and an output pydantic type,
+the instructions and the prompt for a real model, and a deterministic offline behaviour. Every
+model implements the one call `structured(task, request)`; only the output (our own small type)
+is journaled, never the prompt or a provider's response object.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, Protocol, get_args
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
-
-class _Wire(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class HistoryEvent(_Wire):
-    """One item of a user's history, as the `lookup_user_history` tool returns it."""
-
-    kind: str
-    summary: str
-    at: str
+InT = TypeVar("InT", bound=BaseModel)
+OutT = TypeVar("OutT", bound=BaseModel)
 
 
-class UserContext(_Wire):
-    user_id: str
-    events: list[HistoryEvent] = Field(default_factory=list)
+class ModelOutputError(Exception):
+    """The model answered, but not with a usable structured output (transient: Restate retries).
 
-
-class ToolSpec(_Wire):
-    """A tool as the tool service's catalog (`GET /tools`) describes it.
-
-    Fields the catalog adds later are ignored, so the tool service can grow without breaking us.
+    Raised when the answer has no tool call for the task, was cut at `max_tokens`, fails the output
+    type's validation, or fails the task's own `check` (e.g. a plan naming a tool not offered).
     """
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+
+class UnknownToolError(ModelOutputError):
+    """The output names a tool the request did not offer."""
+
+
+@dataclass(frozen=True)
+class LlmTask(Generic[InT, OutT]):
+    """One LLM step of an agent, declared once: typed input and output, prompts, offline behaviour.
+
+    `instructions` is the system prompt's task-specific part (the adapter adds the rule that data
+    is never instructions, and how to answer); `prompt` renders the user message from the input,
+    with `app.llm.prompting.section` for anything that is data. `offline` is what the offline
+    model answers: deterministic, no network. `schema` may narrow the output schema for one request
+    (e.g. to the tools offered); `check` may refuse an output that validates but cannot be used.
+    """
 
     name: str
-    description: str
-    side_effects: bool
-    args_schema: dict[str, Any]
+    input_type: type[InT]
+    output_type: type[OutT]
+    instructions: str
+    prompt: Callable[[InT], str]
+    offline: Callable[[InT], OutT]
+    description: str = ""
+    # The forced tool's name; default `submit_{name}`.
+    tool: str = ""
+    schema: Callable[[InT], dict[str, Any]] | None = None
+    check: Callable[[InT, OutT], None] | None = None
 
-
-class AnalyzeInput(_Wire):
-    task: str
-    context: UserContext
-
-
-class Analysis(_Wire):
-    summary: str = Field(description="One or two sentences: what the user wants.")
-    intent: str = Field(description="A short snake_case label for the kind of request.")
-    risks: list[str] = Field(default_factory=list, description="What could go wrong, if anything.")
-
-
-class PlanInput(_Wire):
-    task: str
-    context: UserContext
-    analysis: Analysis
-    tools: list[ToolSpec]
-
-
-class PlannedCall(_Wire):
-    tool: str = Field(description="The name of a tool from the catalog.")
-    args: dict[str, Any] = Field(description="Arguments matching the tool's args_schema.")
-    reason: str = Field(description="Why this call serves the task.")
-
-
-class Plan(_Wire):
-    steps: list[PlannedCall] = Field(default_factory=list, max_length=10)
-
-
-class ExecutedCall(_Wire):
-    tool: str
-    args: dict[str, Any]
-    result: dict[str, Any]
-    idempotency_key: str | None = Field(None, description="The key the call was made under.")
-
-
-class VerifyInput(_Wire):
-    task: str
-    plan: Plan
-    results: list[ExecutedCall]
-
-
-class Verification(_Wire):
-    success: bool = Field(description="True only if the results accomplish the task.")
-    reason: str = Field(description="Why the task is or is not accomplished.")
-
-
-ExpenseCategory = Literal["travel", "meals", "lodging", "software", "office_supplies", "training", "other"]
-EXPENSE_CATEGORIES: tuple[str, ...] = get_args(ExpenseCategory)
-
-
-class ClassifyInput(_Wire):
-    """An expense to classify: the claim and what the receipt says (OCR)."""
-
-    merchant: str
-    description: str
-    amount: str
-    currency: str
-    receipt_merchant: str | None = None
-
-
-class Classification(_Wire):
-    category: ExpenseCategory = Field(description="The spend category, from the fixed list.")
-    confidence: float = Field(ge=0.0, le=1.0, description="How sure the classification is, 0 to 1.")
-    rationale: str = Field(description="One sentence: why this category.")
+    @property
+    def tool_name(self) -> str:
+        return self.tool or f"submit_{self.name}"
 
 
 class LanguageModel(Protocol):
     """What the agents need from a model; `AnthropicModel` and `OfflineModel` implement it.
 
-    Methods raise `restate.TerminalError` for permanent failures (a request the provider will never
-    accept) and any other exception for transient ones, which Restate retries.
+    `structured` raises `restate.TerminalError` for permanent failures (a request the provider will
+    never accept) and any other exception for transient ones, which Restate retries.
     """
 
     @property
@@ -121,10 +71,4 @@ class LanguageModel(Protocol):
     @property
     def offline(self) -> bool: ...
 
-    async def analyze(self, request: AnalyzeInput) -> Analysis: ...
-
-    async def plan(self, request: PlanInput) -> Plan: ...
-
-    async def verify(self, request: VerifyInput) -> Verification: ...
-
-    async def classify(self, request: ClassifyInput) -> Classification: ...
+    async def structured(self, task: LlmTask[InT, OutT], request: InT) -> OutT: ...

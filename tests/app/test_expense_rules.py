@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from app.agents.expense_report import ExpenseClaim, ExpensePolicy, auto_approvable, compare_receipt
-from app.llm.port import Classification
+from app.agents.expense_report.models import Classification, ExpenseClaim, ExpensePolicy
+from app.agents.expense_report.steps import auto_approvable, compare_receipt
 
 CLAIM = ExpenseClaim(
     expense_id="EXP-1",

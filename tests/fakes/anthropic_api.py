@@ -18,11 +18,12 @@ cleanly on SIGTERM or SIGINT)::
 
 `POST /v1/messages` answers in the real API's format: a `message` whose content is one `tool_use`
 block for the tool named by `tool_choice`, `stop_reason` "tool_use" and `usage`. Without a script
-the answer is built deterministically from the request (see `_default_input`): the
-`submit_analysis` / `submit_plan` / `submit_verification` tools of `AnthropicModel` get a valid
+the answer is built deterministically from the request (see `_default_input`): the AgentTask
+tools `submit_analysis` / `submit_plan` / `submit_verification` get a valid
 `Analysis` / `Plan` (one `create_ticket` step, built from the task and user id the prompt carries,
 when the catalog has that tool) / `Verification` (success iff results were given and all are
-non-empty). Any other tool gets `{}`.
+non-empty), ExpenseReport's `submit_classification` a `Classification`. Any other tool gets `{}`
+(script an answer for it with `queue_tool_input(..., tool=NAME)`).
 
 Requests are checked like the real API: an API key (`x-api-key`, or `Authorization: Bearer`, which
 is how `anthropic` 2.x sends `api_key`) is required (401 `authentication_error`; when the fake was
@@ -64,7 +65,7 @@ from types import FrameType, TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-# The tools AnthropicModel forces (`app.llm.anthropic_model`); repeated here so the fake starts
+# The tools the agents' LLM tasks force (`app/agents/*/llm.py`); repeated here so the fake starts
 # without importing the SDK (tests/llm/test_fake_api.py checks they agree).
 ANALYZE_TOOL = "submit_analysis"
 CLASSIFY_TOOL = "submit_classification"
@@ -162,7 +163,7 @@ def _user_text(body: dict[str, Any]) -> str:
 
 
 def _sections(text: str) -> dict[str, Any]:
-    """The JSON data sections (`<task>...</task>` etc.) the AnthropicModel prompts carry."""
+    """The JSON data sections (`<task>...</task>` etc.) the agents' prompts carry."""
     found: dict[str, Any] = {}
     for match in _SECTION.finditer(text):
         try:

@@ -27,17 +27,21 @@ def sqlite_url(directory: Path) -> str:
     return f"sqlite:///{directory / 'agents.db'}"
 
 
+# The session stacks also serve an agent declared in a test module, registered only here.
+THROWAWAY = {"AGENT_MODULES": "tests.integration.throwaway_agent"}
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("stack")
-    with running_stack(workdir, sqlite_url(workdir)) as running:
+    with running_stack(workdir, sqlite_url(workdir), extra_env=THROWAWAY) as running:
         yield running
 
 
 @pytest.fixture(scope="session")
 def replay_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("replay-stack")
-    with running_stack(workdir, sqlite_url(workdir), always_replay=True) as running:
+    with running_stack(workdir, sqlite_url(workdir), always_replay=True, extra_env=THROWAWAY) as running:
         yield running
 
 

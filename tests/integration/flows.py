@@ -67,8 +67,9 @@ def wait_parked(
         seen.update(stack.status(agent, task_id))
         if seen["state"] in END:
             raise AssertionError(f"the task ended instead of waiting: {seen}")
-        pending = seen.get("pending_approval")
-        return seen["state"] == "WAIT_APPROVAL" and bool(pending and pending["approval_ticket_id"])
+        pending = seen.get("pending_approval") or {}
+        # Whatever the gate state is called: its pending approval is written with it.
+        return bool(pending.get("approval_ticket_id")) and seen["state"] == pending.get("state")
 
     wait_until(parked, timeout=timeout, interval=0.1, what=f"{agent}/{task_id} to wait for approval")
     return seen

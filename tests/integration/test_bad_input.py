@@ -24,12 +24,12 @@ from typing import Any
 import httpx
 import pytest
 
-from app.agents.expense_report import ExpenseClaim, ExpensePolicy, auto_approvable
+from app.agents.expense_report.models import Classification, ExpenseClaim, ExpensePolicy
+from app.agents.expense_report.steps import auto_approvable
 from app.approvals import proof
 from app.approvals.models import DecideInput
 from app.approvals.signature import HEADER, TIMESTAMP_HEADER, sign, signed_headers
 from app.events import store_for
-from app.llm.port import Classification
 from app.settings import DEV_OPERATOR_TOKEN, DEV_WEBHOOK_SECRET
 from deploy.local import Stack
 from tests.integration.flows import END, new_task_id, wait_parked

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from app.llm.anthropic_model import ANALYZE_TOOL, PLAN_TOOL, VERIFY_TOOL
+from app.agents.agent_task.llm import ANALYZE, PLAN, VERIFY
 from deploy.local import Stack, running_stack
 from tests.fakes.anthropic_api import FakeAnthropicAPI
 from tests.integration.conftest import sqlite_url
@@ -66,42 +66,44 @@ def test_structured_outputs_drive_the_task_to_complete(claude_stack: Stack, llm:
     assert view["data"]["analysis"]["intent"]
     assert [step["tool"] for step in view["data"]["plan"]["steps"]] == ["create_ticket"]
     assert view["data"]["executed"][0]["result"]["ticket_id"].startswith("TCK-")
-    assert llm.counts() == {ANALYZE_TOOL: 1, PLAN_TOOL: 1, VERIFY_TOOL: 1}
-    sent = llm.requests_for(PLAN_TOOL)[0]["body"]
+    assert llm.counts() == {ANALYZE.tool_name: 1, PLAN.tool_name: 1, VERIFY.tool_name: 1}
+    sent = llm.requests_for(PLAN.tool_name)[0]["body"]
     assert sent["model"] == "claude-test"
-    assert sent["tool_choice"] == {"type": "tool", "name": PLAN_TOOL}
+    assert sent["tool_choice"] == {"type": "tool", "name": PLAN.tool_name}
 
 
 def test_overloaded_api_is_retried_by_restate_not_by_the_sdk(
     claude_stack: Stack, llm: FakeAnthropicAPI
 ) -> None:
-    llm.queue_error(529, tool=ANALYZE_TOOL, times=2)
+    llm.queue_error(529, tool=ANALYZE.tool_name, times=2)
     view = run_task(claude_stack, "Open a ticket: the lift is stuck")
     assert view["state"] == "COMPLETE", view
     # Two 529s then a success: three requests, each a separate journaled attempt of one step.
-    assert llm.count(ANALYZE_TOOL) == 3
-    assert [r["status"] for r in llm.requests_for(ANALYZE_TOOL)] == [529, 529, 200]
-    assert llm.count(PLAN_TOOL) == 1 and llm.count(VERIFY_TOOL) == 1
+    assert llm.count(ANALYZE.tool_name) == 3
+    assert [r["status"] for r in llm.requests_for(ANALYZE.tool_name)] == [529, 529, 200]
+    assert llm.count(PLAN.tool_name) == 1 and llm.count(VERIFY.tool_name) == 1
 
 
 def test_request_the_api_refuses_fails_the_task_with_the_reason(
     claude_stack: Stack, llm: FakeAnthropicAPI
 ) -> None:
-    llm.queue_error(400, tool=PLAN_TOOL, message="prompt is too long")
+    llm.queue_error(400, tool=PLAN.tool_name, message="prompt is too long")
     view = run_task(claude_stack, "Open a ticket: the window is broken")
     assert view["state"] == "FAILED"
     assert view["error"]["state"] == "PLAN"
     assert "prompt is too long" in view["error"]["message"]
     assert "test-key" not in str(view)
     # A permanent error is not retried: exactly one plan request, and nothing was executed.
-    assert llm.count(PLAN_TOOL) == 1
+    assert llm.count(PLAN.tool_name) == 1
     assert view["data"]["executed"] == []
 
 
 def test_negative_verification_ends_in_failed_with_the_model_reason(
     claude_stack: Stack, llm: FakeAnthropicAPI
 ) -> None:
-    llm.queue_tool_input({"success": False, "reason": "the ticket names the wrong floor"}, tool=VERIFY_TOOL)
+    llm.queue_tool_input(
+        {"success": False, "reason": "the ticket names the wrong floor"}, tool=VERIFY.tool_name
+    )
     view = run_task(claude_stack, "Open a ticket: the heating on floor 3 is off")
     assert view["state"] == "FAILED"
     assert view["error"] == {

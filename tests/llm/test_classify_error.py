@@ -10,8 +10,8 @@ import pytest
 from pydantic import ValidationError
 from restate import TerminalError
 
+from app.agents.agent_task.models import Analysis
 from app.llm.anthropic_model import ModelOutputError, UnknownToolError, classify_error, is_permanent_status
-from app.llm.port import Analysis
 
 REQUEST = httpx2.Request("POST", "https://api.anthropic.test/v1/messages")
 

@@ -1,133 +1,22 @@
-"""`ExpenseReport`: the article's expense approval agent, a declared machine in a virtual object.
-
-FETCH the expense record, VERIFY the receipt with OCR against the claim, CLASSIFY the spend with
-the model, ROUTE to the approver the routing policy names, WAIT_APPROVAL (human gate), RECORD one
-ledger posting, COMPLETE. Declared outcomes:
-
-* a receipt that cannot be read, or whose total or date disagrees with the claim, fails the report
-  at VERIFY (`receipt_unreadable`, `receipt_mismatch`): nothing is classified, routed or posted;
-* ROUTE -> RECORD skips the human only under the auto-approval policy: a small amount, a low-risk
-  category and a confident classification (thresholds in settings, read once and journaled). The
-  model never approves anything: content in the expense can change a category, not the policy;
-* a rejected or expired approval fails the report; nothing is posted.
-"""
+"""ExpenseReport's step functions, its pure rules, and the approval content of its gate."""
 
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
-from functools import lru_cache
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-from restate import ObjectContext, ObjectSharedContext
-from restate.serde import BytesSerde
-
-from app.approvals.deciding import decide_with_proof
-from app.approvals.models import ApprovalRequest, GateReply, ProvenDecision
-from app.engine import AgentEngine, Next, StepContext, TaskError, TaskView, agent_object, parse_input
-from app.llm import build_model
-from app.llm.port import Classification, ClassifyInput, LanguageModel
-from app.machine import Gate, Machine
-from app.settings import get_settings
-
-EXPENSE_REPORT = Machine.declare(
-    "ExpenseReport",
-    initial="FETCH",
-    transitions={
-        "FETCH": ["VERIFY", "FAILED"],
-        "VERIFY": ["CLASSIFY", "FAILED"],
-        "CLASSIFY": ["ROUTE", "FAILED"],
-        "ROUTE": ["WAIT_APPROVAL", "RECORD", "FAILED"],
-        "WAIT_APPROVAL": ["RECORD", "FAILED"],
-        "RECORD": ["COMPLETE", "FAILED"],
-    },
-    terminal=["COMPLETE", "FAILED"],
-    failure="FAILED",
-    gates={"WAIT_APPROVAL": Gate(approve="RECORD", reject="FAILED", timeout="FAILED")},
-    descriptions={
-        "FETCH": "tool: expense record",
-        "VERIFY": "tool: OCR vs claim",
-        "CLASSIFY": "LLM: category, confidence",
-        "ROUTE": "tool: approver; auto-approval policy",
-        "RECORD": "tool: one ledger posting",
-    },
+from app.agent import ApprovalRequest, Next, StepContext, TaskError
+from app.agents.expense_report.llm import CLASSIFY
+from app.agents.expense_report.models import (
+    Classification,
+    ClassifyInput,
+    ExpenseClaim,
+    ExpenseData,
+    ExpensePolicy,
+    Posting,
+    ReceiptCheck,
+    Routing,
 )
-
-
-class RunExpenseReport(BaseModel):
-    """The `run` handler's input (design.md)."""
-
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-
-    expense_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
-
-
-class ExpenseClaim(BaseModel):
-    """The expense as submitted (the tool service's `get_expense`)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    expense_id: str
-    employee_id: str
-    amount: str
-    currency: str
-    date: str
-    merchant: str
-    description: str
-
-
-class ReceiptCheck(BaseModel):
-    """What OCR read and how it compares with the claim."""
-
-    readable: bool
-    merchant: str | None
-    date: str | None
-    total: str | None
-    consistent: bool
-    total_matches: bool
-    date_matches: bool | None  # None: no date could be read
-    problems: list[str] = Field(default_factory=list)
-
-
-class Routing(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    approvers: list[str]
-    escalation_approver: str | None = None
-    rule: str
-
-
-class ExpensePolicy(BaseModel):
-    """The auto-approval policy and the receipt tolerance, read from settings once and journaled."""
-
-    total_tolerance: str
-    auto_approve_max_amount: str
-    auto_approve_categories: list[str]
-    auto_approve_min_confidence: float
-
-
-class Posting(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    posting_id: str
-    lines: list[dict[str, str]]
-    already_posted: bool = False
-
-
-class ExpenseData(BaseModel):
-    expense_id: str
-    expense: ExpenseClaim | None = None
-    receipt: ReceiptCheck | None = None
-    classification: Classification | None = None
-    routing: Routing | None = None
-    policy: ExpensePolicy | None = None
-    approval: Literal["auto", "human"] | None = None
-    posting: Posting | None = None
-
-
-@lru_cache(maxsize=1)
-def _model() -> LanguageModel:
-    return build_model(get_settings())
+from app.settings import get_settings
 
 
 async def read_expense_policy() -> ExpensePolicy:
@@ -205,7 +94,7 @@ async def classify(step: StepContext[ExpenseData]) -> Next:
         currency=claim.currency,
         receipt_merchant=step.data.receipt.merchant,
     )
-    step.data.classification = await step.run("llm classify", _model().classify, Classification, request)
+    step.data.classification = await step.llm(CLASSIFY, request)
     found = step.data.classification
     return Next(target="ROUTE", note=f"{found.category} ({found.confidence:.2f})")
 
@@ -297,38 +186,3 @@ async def record(step: StepContext[ExpenseData]) -> Next:
             "approval": step.data.approval,
         },
     )
-
-
-ENGINE = AgentEngine(
-    EXPENSE_REPORT,
-    ExpenseData,
-    {"FETCH": fetch, "VERIFY": verify, "CLASSIFY": classify, "ROUTE": route, "RECORD": record},
-    approvals={"WAIT_APPROVAL": approval_of_expense},
-)
-
-
-expense_report = agent_object(
-    "ExpenseReport", "The expense approval agent: fetch, verify (OCR), classify, route, approve, record."
-)
-
-
-@expense_report.handler(input_serde=BytesSerde())
-async def run(ctx: ObjectContext, raw: bytes) -> TaskView:
-    """Start (or resume) the report keyed by this object and drive it to COMPLETE or FAILED."""
-    request = parse_input(raw, RunExpenseReport)
-    return await ENGINE.start_or_resume(
-        ctx, request, ExpenseData(expense_id=request.expense_id), _model().name
-    )
-
-
-@expense_report.handler(kind="shared")
-async def status(ctx: ObjectSharedContext) -> TaskView:
-    """Where the report is now, its history, its approval and how it ended."""
-    return await ENGINE.status(ctx)
-
-
-@expense_report.handler(kind="shared", input_serde=BytesSerde())
-async def decide(ctx: ObjectSharedContext, raw: bytes) -> GateReply:
-    """Approve or reject the waiting report, with the approvals surface's proof (401 without it);
-    409 if it is not waiting or the hash is stale, 403 if the approver may not decide it."""
-    return await decide_with_proof(ctx, EXPENSE_REPORT.name, parse_input(raw, ProvenDecision))
