@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     # without them anyone who reaches the endpoint can invoke handlers, so production requires them.
     restate_identity_public_keys_csv: str = Field("", alias="RESTATE_IDENTITY_PUBLIC_KEYS")
 
+    # How often AgentTask replans after a failed verification before it fails (VERIFY -> PLAN).
+    agent_max_replans: int = Field(1, alias="AGENT_MAX_REPLANS", ge=0, le=10)
+
     # Agents beyond the packages under app/agents/: comma-separated module names, each declaring
     # `AGENT` (app/agent.py). The service, the webhook and agentctl know them all.
     agent_modules_csv: str = Field("", alias="AGENT_MODULES")

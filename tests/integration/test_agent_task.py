@@ -90,7 +90,13 @@ def test_failing_verification_reaches_failed_with_its_reason(any_stack: Stack) -
     assert body["error"]["state"] == "VERIFY"
     assert body["error"]["code"] == "verification_failed"
     assert "no tool was planned" in body["error"]["message"]
-    assert [e["to_state"] for e in body["history"]][-2:] == ["VERIFY", "FAILED"]
+    # It replanned once (AGENT_MAX_REPLANS, 1 by default), with the failure on record, then failed.
+    states = [e["to_state"] for e in body["history"]]
+    assert states[-5:] == ["VERIFY", "PLAN", "EXECUTE", "VERIFY", "FAILED"]
+    replan = next(e for e in body["history"] if e["from_state"] == "VERIFY" and e["to_state"] == "PLAN")
+    assert replan["note"].startswith("replan 1 of 1: no tool was planned")
+    [attempt] = body["data"]["attempts"]
+    assert attempt["verification"]["success"] is False and attempt["plan"]["steps"] == []
     assert any_stack.status("AgentTask", task_id)["state"] == "FAILED"
 
 

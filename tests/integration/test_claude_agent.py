@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from app.agents.agent_task.llm import ANALYZE, PLAN, VERIFY
-from deploy.local import Stack, running_stack
+from deploy.local import Stack, running_stack, wait_until
 from tests.fakes.anthropic_api import FakeAnthropicAPI
 from tests.integration.conftest import sqlite_url
 from tests.integration.flows import END, start
@@ -49,14 +49,25 @@ def llm(fake_llm: FakeAnthropicAPI) -> FakeAnthropicAPI:
 
 
 def run_task(stack: Stack, text: str) -> dict[str, Any]:
-    """Run a task, approving its plan if it waits for approval; the final view."""
+    """Run a task, approving each plan it waits on (a replan waits again); the final view."""
     task_id = f"claude-{uuid.uuid4().hex[:10]}"
     start(stack, task_id, text)
-    view = stack.wait_for_state("AgentTask", task_id, {"WAIT_APPROVAL", *END})
-    if view["state"] == "WAIT_APPROVAL":
-        assert stack.decide("AgentTask", task_id, "approve").status_code == 200
-        view = stack.wait_for_state("AgentTask", task_id, END)
-    return view
+    decided: set[str] = set()
+    view: dict[str, Any] = {}
+
+    def ended_or_newly_waiting() -> bool:
+        view.update(stack.status("AgentTask", task_id))
+        ticket = (view.get("pending_approval") or {}).get("approval_ticket_id")
+        return view["state"] in END or (ticket is not None and ticket not in decided)
+
+    while True:
+        wait_until(ended_or_newly_waiting, timeout=120, interval=0.1, what=f"{task_id} to wait or end")
+        if view["state"] in END:
+            return view
+        pending = view["pending_approval"]
+        answer = stack.decide("AgentTask", task_id, "approve", approval_hash=pending["approval_hash"])
+        assert answer.status_code == 200, answer.text
+        decided.add(pending["approval_ticket_id"])
 
 
 def test_structured_outputs_drive_the_task_to_complete(claude_stack: Stack, llm: FakeAnthropicAPI) -> None:
@@ -101,14 +112,36 @@ def test_request_the_api_refuses_fails_the_task_with_the_reason(
 def test_negative_verification_ends_in_failed_with_the_model_reason(
     claude_stack: Stack, llm: FakeAnthropicAPI
 ) -> None:
-    llm.queue_tool_input(
-        {"success": False, "reason": "the ticket names the wrong floor"}, tool=VERIFY.tool_name
-    )
+    for _ in range(2):  # the first plan, and the one replan the default AGENT_MAX_REPLANS allows
+        llm.queue_tool_input(
+            {"success": False, "reason": "the ticket names the wrong floor"}, tool=VERIFY.tool_name
+        )
     view = run_task(claude_stack, "Open a ticket: the heating on floor 3 is off")
     assert view["state"] == "FAILED"
+    assert llm.count(PLAN.tool_name) == 2 and llm.count(VERIFY.tool_name) == 2
     assert view["error"] == {
         "state": "VERIFY",
         "code": "verification_failed",
         "message": "the ticket names the wrong floor",
     }
     assert view["data"]["verification"] == {"success": False, "reason": "the ticket names the wrong floor"}
+
+
+def test_a_failed_verification_replans_with_fresh_keys_and_a_new_approval(
+    claude_stack: Stack, llm: FakeAnthropicAPI
+) -> None:
+    llm.queue_tool_input(
+        {"success": False, "reason": "the ticket lacks the room number"}, tool=VERIFY.tool_name
+    )
+    view = run_task(claude_stack, "Open a ticket: the projector in room 4.12 is broken")
+    assert view["state"] == "COMPLETE", view
+    states = [entry["to_state"] for entry in view["history"]]
+    assert states.count("PLAN") == 2 and states.count("WAIT_APPROVAL") == 2 and states.count("EXECUTE") == 2
+    # The second plan was asked with the first one's failure, and was approved on its own.
+    second_plan = llm.requests_for(PLAN.tool_name)[1]["body"]["messages"][0]["content"]
+    assert "earlier_attempts" in second_plan and "lacks the room number" in second_plan
+    assert len(view["approvals"]) == 2
+    [attempt] = view["data"]["attempts"]
+    first_key = attempt["executed"][0]["idempotency_key"]
+    second_key = view["data"]["executed"][0]["idempotency_key"]
+    assert first_key.endswith(":EXECUTE.1:0") and second_key.endswith(":EXECUTE.2:0")

@@ -22,7 +22,8 @@ MACHINE = Machine.declare(
         "PLAN": ["WAIT_APPROVAL", "EXECUTE", "FAILED"],
         "WAIT_APPROVAL": ["EXECUTE", "FAILED"],
         "EXECUTE": ["VERIFY", "FAILED"],
-        "VERIFY": ["COMPLETE", "FAILED"],
+        # A failed verification replans, at most AGENT_MAX_REPLANS times, then fails.
+        "VERIFY": ["COMPLETE", "PLAN", "FAILED"],
     },
     terminal=["COMPLETE", "FAILED"],
     failure="FAILED",
@@ -32,7 +33,7 @@ MACHINE = Machine.declare(
         "ANALYZE": "LLM",
         "PLAN": "LLM: typed tool calls",
         "EXECUTE": "tools, idempotent",
-        "VERIFY": "LLM: success, reason",
+        "VERIFY": "LLM: success, reason; replans on failure",
     },
 )
 

@@ -65,9 +65,28 @@ def _plan_prompt(request: PlanInput) -> str:
             section("user_context", _context_data(request.context)),
             section("analysis", request.analysis.model_dump()),
             section("tools", tools),
+            *_earlier(request),
             "Call submit_plan with the plan (at most 10 steps, executed in order).",
         ]
     )
+
+
+def _earlier(request: PlanInput) -> list[str]:
+    """Plans already executed that failed verification, and why: the new plan must do better."""
+    if not request.earlier_attempts:
+        return []
+    attempts = [
+        {
+            "plan": attempt.plan.model_dump(),
+            "results": [_result_data(call) for call in attempt.executed],
+            "why_it_failed": attempt.verification.reason,
+        }
+        for attempt in request.earlier_attempts
+    ]
+    return [
+        "These earlier plans were executed and did not accomplish the task:",
+        section("earlier_attempts", attempts),
+    ]
 
 
 def _plan_schema(request: PlanInput) -> dict[str, Any]:

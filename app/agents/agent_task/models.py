@@ -51,6 +51,8 @@ class PlanInput(_Wire):
     context: UserContext
     analysis: Analysis
     tools: list[ToolSpec]
+    # Plans that were executed and failed verification, oldest first: what the new plan must fix.
+    earlier_attempts: list[Attempt] = Field(default_factory=list)
 
 
 class PlannedCall(_Wire):
@@ -81,6 +83,23 @@ class Verification(_Wire):
     reason: str = Field(description="Why the task is or is not accomplished.")
 
 
+class Attempt(_Wire):
+    """A plan that was executed and failed its verification, kept for the next plan and the audit."""
+
+    plan: Plan
+    executed: list[ExecutedCall]
+    verification: Verification
+
+
+class ReplanPolicy(BaseModel):
+    """How often a failed verification may send the task back to PLAN (read once, journaled)."""
+
+    max_replans: int
+
+
+PlanInput.model_rebuild()
+
+
 class AgentTaskData(BaseModel):
     """What the task has learnt and done so far; small, our own types only."""
 
@@ -92,3 +111,4 @@ class AgentTaskData(BaseModel):
     side_effect_tools: list[str] = Field(default_factory=list)
     executed: list[ExecutedCall] = Field(default_factory=list)
     verification: Verification | None = None
+    attempts: list[Attempt] = Field(default_factory=list)

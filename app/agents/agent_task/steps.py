@@ -9,13 +9,16 @@ from app.agents.agent_task.llm import ANALYZE, PLAN, VERIFY
 from app.agents.agent_task.models import (
     AgentTaskData,
     AnalyzeInput,
+    Attempt,
     ExecutedCall,
     PlanInput,
+    ReplanPolicy,
     UserContext,
     VerifyInput,
 )
 from app.approvals.waiting import GATE_TOOLS
 from app.engine import READ_RUN_OPTIONS
+from app.settings import get_settings
 from app.tool_client import ToolCatalog, fetch_catalog
 
 
@@ -42,7 +45,11 @@ async def plan(step: StepContext[AgentTaskData]) -> Next:
         await step.run("tool catalog", fetch_catalog, ToolCatalog, step.agent, options=READ_RUN_OPTIONS)
     ).without(GATE_TOOLS)
     request = PlanInput(
-        task=step.data.task, context=step.data.context, analysis=step.data.analysis, tools=catalog.tools
+        task=step.data.task,
+        context=step.data.context,
+        analysis=step.data.analysis,
+        tools=catalog.tools,
+        earlier_attempts=step.data.attempts,
     )
     planned = await step.llm(PLAN, request)
     unknown = sorted({call.tool for call in planned.steps} - catalog.names())
@@ -62,17 +69,24 @@ def approval_of_plan(step: StepContext[AgentTaskData]) -> ApprovalRequest:
     """What the approver sees and approves: exactly the planned calls, arguments included."""
     assert step.data.plan is not None
     calls = ", ".join(call.tool for call in step.data.plan.steps)
+    details = {
+        "user_id": step.data.user_id,
+        "task": step.data.task,
+        "plan": step.data.plan.model_dump(mode="json"),
+    }
+    replanned = ""
+    if step.data.attempts:
+        # A new plan after a failed verification: the approver sees why the last one failed.
+        last = step.data.attempts[-1].verification.reason
+        replanned = f" Replanned ({len(step.data.attempts)}) after: {last[:200]}."
+        details["replanned_after"] = [attempt.verification.reason for attempt in step.data.attempts]
     return ApprovalRequest(
         summary=(
             f"{step.data.user_id} asked: {step.data.task[:200]}. "
             f"Plan: {len(step.data.plan.steps)} tool call(s): {calls}; "
-            f"with side effects: {', '.join(step.data.side_effect_tools)}."
+            f"with side effects: {', '.join(step.data.side_effect_tools)}.{replanned}"
         ),
-        details={
-            "user_id": step.data.user_id,
-            "task": step.data.task,
-            "plan": step.data.plan.model_dump(mode="json"),
-        },
+        details=details,
     )
 
 
@@ -88,12 +102,27 @@ async def execute(step: StepContext[AgentTaskData]) -> Next:
     return Next(target="VERIFY")
 
 
+async def read_replan_policy() -> ReplanPolicy:
+    """Runs only inside a journaled step: a restart with other settings never changes a replan."""
+    return ReplanPolicy(max_replans=get_settings().agent_max_replans)
+
+
 async def verify(step: StepContext[AgentTaskData]) -> Next:
     assert step.data.plan is not None
     request = VerifyInput(task=step.data.task, plan=step.data.plan, results=step.data.executed)
     verdict = await step.llm(VERIFY, request)
     step.data.verification = verdict
     if not verdict.success:
+        policy = await step.run("replan policy", read_replan_policy, ReplanPolicy)
+        if len(step.data.attempts) < policy.max_replans:
+            # Back to PLAN with what went wrong: the new plan gets fresh keys (a new visit) and,
+            # if it acts on the world, its own approval.
+            step.data.attempts.append(
+                Attempt(plan=step.data.plan, executed=step.data.executed, verification=verdict)
+            )
+            step.data.plan, step.data.executed, step.data.side_effect_tools = None, [], []
+            replan = f"replan {len(step.data.attempts)} of {policy.max_replans}"
+            return Next(target="PLAN", note=f"{replan}: {verdict.reason}")
         return Next(
             target="FAILED",
             error=TaskError(state="VERIFY", code="verification_failed", message=verdict.reason),
