@@ -790,20 +790,25 @@ def cmd_journal(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def restate_cli() -> Path:
-    """The Restate CLI: $AGENTCTL_RESTATE_CLI, else the npm-installed binary, else `restate` on the PATH."""
-    from deploy.local import RESTATE_CLI_BIN
+# Where `npm ci` puts the CLI in a checkout (make install); an installed agentctl runs from
+# anywhere, so it is looked for under the working directory, never next to this file.
+NPM_RESTATE_CLI = Path("node_modules/@restatedev/restate-linux-x64/bin/restate")
 
+
+def restate_cli() -> Path:
+    """The Restate CLI: $AGENTCTL_RESTATE_CLI, else the npm-installed binary of the checkout
+    agentctl runs in, else `restate` on the PATH."""
+    in_checkout = NPM_RESTATE_CLI.resolve()
     explicit = os.environ.get("AGENTCTL_RESTATE_CLI")
     if explicit:
         return Path(explicit)
-    if RESTATE_CLI_BIN.exists():
-        return RESTATE_CLI_BIN
+    if in_checkout.exists():
+        return in_checkout
     on_path = shutil.which("restate")
     if on_path:
         return Path(on_path)
     raise unreachable(
-        f"the Restate CLI is missing at {RESTATE_CLI_BIN} (run `make install`) and not on the PATH; "
+        f"the Restate CLI is missing at {in_checkout} (run `make install`) and not on the PATH; "
         "or set AGENTCTL_RESTATE_CLI"
     )
 

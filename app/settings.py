@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     # How often AgentTask replans after a failed verification before it fails (VERIFY -> PLAN).
     agent_max_replans: int = Field(1, alias="AGENT_MAX_REPLANS", ge=0, le=10)
 
+    # How often RefundDesk revises a proposal the refund policy refused before it fails.
+    refund_max_revisions: int = Field(2, alias="REFUND_MAX_REVISIONS", ge=0, le=10)
+
     # Agents beyond the packages under app/agents/: comma-separated module names, each declaring
     # `AGENT` (app/agent.py). The service, the webhook and agentctl know them all.
     agent_modules_csv: str = Field("", alias="AGENT_MODULES")

@@ -155,6 +155,19 @@ def agent_task_demo(stack: Stack) -> bool:
     return bool(view["state"] == "COMPLETE")
 
 
+def refund_demo(stack: Stack) -> bool:
+    """The third agent, written only against the public API: the ASSESS <-> CHECK loop at work."""
+    task_id = f"refund-{uuid.uuid4().hex[:8]}"
+    request = {"order_id": "ORD-1002", "reason": "The desk wobbles; I would like my money back."}
+    say(f"\nRefundDesk/{task_id} {request} (a standing desk bought 45 days ago: half refunds only)")
+    stack.send("RefundDesk", task_id, "run", request)
+    decide_by_webhook(stack, "RefundDesk", task_id, "approve")
+    view = stack.wait_for_state("RefundDesk", task_id, {"COMPLETE", "DECLINED", "FAILED"}, timeout=120)
+    say(f"  {outcome(view)}")
+    say(timeline(view))
+    return bool(view["state"] == "COMPLETE" and view["result"]["amount"] == "200.00")
+
+
 def main() -> int:
     shutil.rmtree(DEMO_DIR, ignore_errors=True)
     say("Starting restate-server, the tool service and the agent service (SQLite, offline model)...")
@@ -165,6 +178,7 @@ def main() -> int:
             say(f"  tool service {stack.tools_url}; logs in {DEMO_DIR / 'logs'}\n")
             expenses_ok, _ = expense_demo(stack)
             agent_ok = agent_task_demo(stack)
+            agent_ok = refund_demo(stack) and agent_ok
     except StackError as exc:
         say(f"The stack did not start: {exc}")
         return 1

@@ -64,7 +64,7 @@ from tools.idempotency import (
 )
 from tools.ledger import LedgerQuery, ledger_balance, list_postings
 from tools.notifications import NotificationQuery, list_notifications
-from tools.registry import ToolRegistry, default_registry
+from tools.registry import ToolRegistry, default_registry, domain_seeds
 from tools.routing import seed_routing_policy
 from tools.settings import ToolsSettings, get_tools_settings
 from tools.tickets import list_tickets
@@ -297,6 +297,8 @@ class _ToolService:
         create_schema(self.engine)
         seed_demo_users(self.sessions)
         seed_routing_policy(self.sessions)
+        for seed in domain_seeds():
+            seed(self.sessions)
 
     async def call_tool(self, request: Request) -> Response:
         name = request.path_params["name"]

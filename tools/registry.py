@@ -8,9 +8,15 @@ its input cannot reach the ledger.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+import importlib
+import pkgutil
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from types import ModuleType
 from typing import Any
 
+from sqlalchemy.orm import Session, sessionmaker
+
+import tools.domains
 from tools import approvals, expenses, ledger, notifications, routing, tickets, users
 from tools.definition import Tool
 
@@ -84,8 +90,25 @@ AGENT_TOOLSETS: dict[str, frozenset[str]] = {
 }
 
 
+def domains() -> list[ModuleType]:
+    """Every tool domain under tools/domains/ (each exposes TOOLS and AGENTS, maybe `seed`)."""
+    found = sorted(info.name for info in pkgutil.iter_modules(tools.domains.__path__) if info.ispkg)
+    return [importlib.import_module(f"{tools.domains.__name__}.{name}") for name in found]
+
+
+def domain_seeds() -> list[Callable[[sessionmaker[Session]], None]]:
+    """The domains' demo-data functions, run at start (each inserts only what is missing)."""
+    return [domain.seed for domain in domains() if hasattr(domain, "seed")]
+
+
 def default_registry() -> ToolRegistry:
-    """The generic agent's tools, the approval gate's, and the expense agent's."""
+    """The generic agent's tools, the approval gate's, the expense agent's, and every domain's."""
+    toolsets = {agent: set(names) for agent, names in AGENT_TOOLSETS.items()}
+    domain_tools: list[Tool[Any, Any]] = []
+    for domain in domains():
+        domain_tools.extend(domain.TOOLS)
+        for agent in domain.AGENTS:
+            toolsets.setdefault(agent, set()).update(tool.name for tool in domain.TOOLS)
     return ToolRegistry(
         [
             *users.TOOLS,
@@ -95,7 +118,8 @@ def default_registry() -> ToolRegistry:
             *expenses.TOOLS,
             *routing.TOOLS,
             *ledger.TOOLS,
+            *domain_tools,
         ],
-        AGENT_TOOLSETS,
+        toolsets,
         shared=GATE_TOOLS,
     )

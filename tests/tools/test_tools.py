@@ -23,6 +23,9 @@ def test_the_catalog_lists_every_tool_with_its_argument_schema(client):
         "ocr_receipt": False,
         "route_expense": False,
         "record_expense": True,
+        "get_order": False,
+        "check_refund_policy": False,
+        "issue_refund": True,
     }
     ticket_schema = tools["create_ticket"]["args_schema"]
     assert ticket_schema["additionalProperties"] is False

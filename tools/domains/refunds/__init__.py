@@ -1,0 +1,9 @@
+"""The refunds domain: orders, the refund policy, and refunds issued; served to `RefundDesk`."""
+
+from __future__ import annotations
+
+from tools.domains.refunds.orders import TOOLS, seed
+
+AGENTS = ("RefundDesk",)
+
+__all__ = ["AGENTS", "TOOLS", "seed"]
