@@ -7,15 +7,15 @@ import asyncio
 import logging
 import sys
 
-from app.machine import to_mermaid
+from app.runtime.machine import to_mermaid
 
 
 def _serve() -> None:
     from app.approvals.api import create_approvals_app
+    from app.runtime.serving import hypercorn_config, serve_until_signalled
+    from app.runtime.tool_client import close_clients
     from app.service import create_restate_app, machines
-    from app.serving import hypercorn_config, serve_until_signalled
     from app.settings import get_settings
-    from app.tool_client import close_clients
     from common.environment import load_or_exit, refuse
 
     settings = load_or_exit("agent service", get_settings)

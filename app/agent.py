@@ -19,9 +19,10 @@ from pydantic import BaseModel
 from restate import ObjectContext, ObjectSharedContext
 from restate.serde import BytesSerde
 
-from app.approvals.deciding import decide_with_proof
-from app.approvals.models import ApprovalRequest, GateReply, ProvenDecision
-from app.engine import (
+from app.gates.deciding import decide_with_proof
+from app.gates.models import ApprovalRequest, GateReply, ProvenDecision
+from app.llm import LlmTask, current_model
+from app.runtime.engine import (
     AgentEngine,
     ApprovalFn,
     Next,
@@ -32,8 +33,7 @@ from app.engine import (
     agent_object,
     parse_input,
 )
-from app.llm import LlmTask, current_model
-from app.machine import Gate, Machine
+from app.runtime.machine import Gate, Machine
 
 __all__ = [
     "Agent",

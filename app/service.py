@@ -7,8 +7,8 @@ from typing import Any
 import restate
 
 from app.agents import registered_agents
-from app.approvals.gate import approval_gate
-from app.machine import Machine
+from app.gates.arbiter import approval_gate
+from app.runtime.machine import Machine
 from app.settings import Settings
 
 

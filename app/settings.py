@@ -49,7 +49,7 @@ class Settings(BaseSettings):
 
     # Secrets: unset means the development value with ENV=development, and a refusal to start in
     # production (see _fail_closed). The webhook secret also keys the proofs the approvals surface
-    # mints for the agents' `decide` handlers (app/approvals/proof.py).
+    # mints for the agents' `decide` handlers (app/gates/proof.py).
     approval_webhook_secret: SecretStr | None = Field(None, alias="APPROVAL_WEBHOOK_SECRET")
     operator_token: SecretStr | None = Field(None, alias="OPERATOR_TOKEN")
     tools_api_token: SecretStr | None = Field(None, alias="TOOLS_API_TOKEN")
@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     # step in flight is not cut short: it may finish within the abort timeout, which therefore
     # outlasts the slowest LLM call. 0 defers to the server's own setting (always-replay tests: 0s).
     inactivity_timeout_seconds: float = Field(60.0, alias="AGENT_INACTIVITY_TIMEOUT_SECONDS", ge=0)
-    # The crash matrix's fault switch (app/faults.py): off unless set; refused in production.
+    # The crash matrix's fault switch (app/runtime/faults.py): off unless set; refused in production.
     fault_plan_file: str | None = Field(None, alias="AGENT_FAULT_PLAN_FILE")
     # The event log writes a snapshot of the task's view every N events (and at the end).
     event_snapshot_every: int = Field(10, alias="EVENT_SNAPSHOT_EVERY", gt=0)

@@ -123,7 +123,7 @@ def inspect(stack: Stack, task_id: str, invocation_id: str) -> None:
     say(f"\n1. The operator CLI: agentctl timeline ExpenseReport {task_id}")
     env = {**stack.service_env(), "APPROVALS_URL": stack.approvals_url}
     timeline_run = subprocess.run(
-        [sys.executable, "-m", "app.agentctl", "timeline", "ExpenseReport", task_id],
+        [sys.executable, "-m", "app.cli.agentctl", "timeline", "ExpenseReport", task_id],
         env=env,
         capture_output=True,
         text=True,

@@ -50,7 +50,7 @@ from tools.expenses import (
 from tools.settings import ToolsSettings
 
 Approval = Literal["auto", "human"]
-# The approver-name rules of the agent service (app/approvals/models.py); "auto" approvals name
+# The approver-name rules of the agent service (app/gates/models.py); "auto" approvals name
 # the policy or agent that approved.
 APPROVED_BY_PATTERN = r"^[A-Za-z0-9_.@:+-]+$"
 # The one approver an auto approval may name: the agent's auto-approval policy.

@@ -1,1 +1,1 @@
-"""Human-in-the-loop: approval gates, their arbiter, the signed webhook and the operator inbox."""
+"""The public approvals surface: the signed webhook, the inbox and its approvers' credentials."""

@@ -13,7 +13,7 @@ Who may call what (docs/security.md):
 * `GET /` and `GET /inbox`: the inbox page (it holds no data); `GET /health`.
 
 Either way the surface mints a proof for exactly the authenticated decision
-(app/approvals/proof.py): the agents' `decide` handlers, public on the ingress, refuse any
+(app/gates/proof.py): the agents' `decide` handlers, public on the ingress, refuse any
 decision without one.
 """
 
@@ -36,11 +36,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app.approvals import proof, signature
+from app.approvals import signature
 from app.approvals.identity import CredentialStore, credentials_for
 from app.approvals.inbox_page import inbox_page
-from app.approvals.models import DecideInput, GateState, InboxDecision, ProvenDecision, WebhookDecision
-from app.engine import PendingApprovalView
+from app.gates import proof
+from app.gates.models import DecideInput, GateState, InboxDecision, ProvenDecision, WebhookDecision
+from app.runtime.engine import PendingApprovalView
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -257,7 +258,7 @@ def _outcome_unknown() -> Response:
     )
 
 
-# The gate's refusals, by the words its messages start with (app/approvals/gate.py).
+# The gate's refusals, by the words its messages start with (app/gates/arbiter.py).
 _CONFLICTS = (
     ("stale approval_hash", "stale_approval"),
     ("already closed", "already_decided"),

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from app import agentctl
-from app.agentctl import (
+from app.audit.event_log import GENESIS, Event, TaskSnapshot, new_event
+from app.cli import agentctl
+from app.cli.agentctl import (
     EXIT_CODES,
     apply_event,
     parse_duration,
@@ -20,7 +21,6 @@ from app.agentctl import (
     state_at,
     summarize_event,
 )
-from app.events import GENESIS, Event, TaskSnapshot, new_event
 
 TERMINAL = frozenset({"COMPLETE", "FAILED"})
 COMMANDS = [
@@ -268,7 +268,7 @@ def test_sql_literal_doubles_single_quotes(value: str, literal: str) -> None:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "app.agentctl", *args],
+        [sys.executable, "-m", "app.cli.agentctl", *args],
         capture_output=True,
         text=True,
         timeout=60,

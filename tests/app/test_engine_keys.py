@@ -10,7 +10,7 @@ import pytest
 from pydantic import BaseModel
 from restate import TerminalError
 
-from app.engine import (
+from app.runtime.engine import (
     MAX_KEY_TASK_PART,
     StepContext,
     TaskRecord,

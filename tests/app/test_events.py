@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
-from app.events import (
+from app.audit.event_log import (
     GENESIS,
     Event,
     EventConflictError,

@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 
 from app.agents.agent_task import MACHINE as AGENT_TASK
-from app.machine import Gate, IllegalTransition, Machine, MachineDeclarationError, to_mermaid, transition
+from app.runtime.machine import (
+    Gate,
+    IllegalTransition,
+    Machine,
+    MachineDeclarationError,
+    to_mermaid,
+    transition,
+)
 
 HAPPY_PATH = ["INITIAL", "FETCH_CONTEXT", "ANALYZE", "PLAN", "WAIT_APPROVAL", "EXECUTE", "VERIFY", "COMPLETE"]
 

@@ -10,7 +10,7 @@ import pytest
 from restate import TerminalError
 from restate.exceptions import RetryableError
 
-from app.tool_client import ToolServiceError, classify
+from app.runtime.tool_client import ToolServiceError, classify
 
 
 def answer(

@@ -14,11 +14,12 @@ import pytest
 from sqlalchemy import text
 from starlette.testclient import TestClient
 
-from app.approvals import proof, signature
+from app.approvals import signature
 from app.approvals.api import create_approvals_app
 from app.approvals.identity import CredentialStore
-from app.approvals.models import DecideInput
-from app.events import make_engine
+from app.audit.event_log import make_engine
+from app.gates import proof
+from app.gates.models import DecideInput
 from app.settings import DEV_WEBHOOK_SECRET, Settings
 
 HASH = "a" * 64

@@ -94,7 +94,7 @@ def wait_settled(
 
 def assert_one_event_per_transition(stack: Stack, agent: str, task_id: str, view: dict[str, Any]) -> None:
     """The event log holds exactly the task's history: no duplicate, no gap, a valid chain."""
-    from app.events import GENESIS, store_for, verify_chain
+    from app.audit.event_log import GENESIS, store_for, verify_chain
 
     events = store_for(stack.database_url).events(agent, task_id)
     assert [e.seq for e in events] == list(range(1, len(view["history"]) + 1))

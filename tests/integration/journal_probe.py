@@ -11,7 +11,7 @@ import sys
 import restate
 from restate import ObjectContext, VirtualObject
 
-from app.serving import hypercorn_config, serve_until_signalled
+from app.runtime.serving import hypercorn_config, serve_until_signalled
 
 probe = VirtualObject("JournalProbe")
 

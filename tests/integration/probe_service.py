@@ -15,9 +15,9 @@ import restate
 from pydantic import BaseModel
 from restate import ObjectContext, ObjectSharedContext, TerminalError, VirtualObject
 
-from app.engine import AgentEngine, Next, StepContext, TaskView
-from app.machine import Machine
-from app.serving import hypercorn_config, serve_until_signalled
+from app.runtime.engine import AgentEngine, Next, StepContext, TaskView
+from app.runtime.machine import Machine
+from app.runtime.serving import hypercorn_config, serve_until_signalled
 
 PROBE = Machine.declare(
     "EngineProbe",

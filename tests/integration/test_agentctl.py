@@ -1,6 +1,6 @@
 """agentctl against the real stack: start, watch while approving, status, timeline, journal, verify, archive.
 
-The CLI runs as a subprocess (`python -m app.agentctl`) with the stack's environment, exactly as an
+The CLI runs as a subprocess (`python -m app.cli.agentctl`) with the stack's environment, exactly as an
 operator would run it; every process a test starts is stopped by its PID.
 """
 
@@ -21,7 +21,7 @@ import pytest
 from deploy.local import ROOT, Stack, running_stack, wait_until
 from tests.integration.flows import HAPPY_PATH, new_task_id, wait_parked
 
-CLI = [sys.executable, "-m", "app.agentctl"]
+CLI = [sys.executable, "-m", "app.cli.agentctl"]
 TASK_TEXT = "open a ticket: agentctl test"
 
 

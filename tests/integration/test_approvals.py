@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.events import store_for
+from app.audit.event_log import store_for
 from app.settings import DEV_OPERATOR_TOKEN, DEV_WEBHOOK_SECRET
 from deploy.local import Stack, running_stack, wait_until
 from tests.integration.conftest import sqlite_url

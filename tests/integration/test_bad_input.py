@@ -26,10 +26,10 @@ import pytest
 
 from app.agents.expense_report.models import Classification, ExpenseClaim, ExpensePolicy
 from app.agents.expense_report.steps import auto_approvable
-from app.approvals import proof
-from app.approvals.models import DecideInput
 from app.approvals.signature import HEADER, TIMESTAMP_HEADER, sign, signed_headers
-from app.events import store_for
+from app.audit.event_log import store_for
+from app.gates import proof
+from app.gates.models import DecideInput
 from app.settings import DEV_OPERATOR_TOKEN, DEV_WEBHOOK_SECRET
 from deploy.local import Stack
 from tests.integration.flows import END, new_task_id, wait_parked

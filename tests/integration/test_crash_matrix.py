@@ -2,7 +2,7 @@
 for both agents; after the restart each task reaches the same end as the uncrashed run, with one
 event per transition and every side effect exactly once.
 
-The fault switch is `AGENT_FAULT_PLAN_FILE` (app/faults.py). `make test` runs one boundary per
+The fault switch is `AGENT_FAULT_PLAN_FILE` (app/runtime/faults.py). `make test` runs one boundary per
 agent (the one after the gate); `RELIABILITY_FULL=1` (`make reliability`) runs every boundary.
 """
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from app.events import store_for, verify_store
+from app.audit.event_log import store_for, verify_store
 from deploy.local import Stack, running_stack
 from tests.figures import record_figure
 from tests.integration.conftest import sqlite_url

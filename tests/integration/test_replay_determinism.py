@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.events import store_for
+from app.audit.event_log import store_for
 from deploy.local import Stack
 from tests.integration.flows import END, idempotency_status, task_salt, wait_parked
 from tools.seed import SAMPLES, SampleExpense

@@ -13,8 +13,8 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from app.approvals import proof
-from app.approvals.models import DecideInput
+from app.gates import proof
+from app.gates.models import DecideInput
 from app.settings import DEV_OPERATOR_TOKEN, DEV_TOOLS_API_TOKEN, DEV_WEBHOOK_SECRET
 from deploy.local import Stack, wait_until
 from tests.integration.flows import END, new_task_id, start, wait_parked
@@ -413,7 +413,7 @@ def test_no_secret_reaches_the_logs_the_journal_or_the_event_log(stack: Stack) -
         )
     )
     state = json.dumps(stack.sql(f"select value_utf8 from state where service_key = '{task_id}'"))
-    from app.events import store_for
+    from app.audit.event_log import store_for
 
     events = json.dumps([e.model_dump() for e in store_for(stack.database_url).events("AgentTask", task_id)])
     for secret in secrets:

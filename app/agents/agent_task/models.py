@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.tool_client import ToolSpec
+from app.runtime.tool_client import ToolSpec
 
 
 class _Wire(BaseModel):

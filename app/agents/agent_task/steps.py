@@ -16,10 +16,10 @@ from app.agents.agent_task.models import (
     UserContext,
     VerifyInput,
 )
-from app.approvals.waiting import GATE_TOOLS
-from app.engine import READ_RUN_OPTIONS
+from app.gates.waiting import GATE_TOOLS
+from app.runtime.engine import READ_RUN_OPTIONS
+from app.runtime.tool_client import ToolCatalog, fetch_catalog
 from app.settings import get_settings
-from app.tool_client import ToolCatalog, fetch_catalog
 
 
 async def initial(step: StepContext[AgentTaskData]) -> Next:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from app.agents.agent_task.models import HistoryEvent, UserContext
-from app.tool_client import ToolSpec
+from app.runtime.tool_client import ToolSpec
 
 
 def shipped_catalog() -> list[ToolSpec]:

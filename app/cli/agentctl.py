@@ -27,7 +27,7 @@ import httpx
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.approvals.signature import signed_headers
-from app.events import Event, EventStore, TaskSnapshot, read_archive, store_for
+from app.audit.event_log import Event, EventStore, TaskSnapshot, read_archive, store_for
 from app.settings import DEFAULT_DATABASE_URL
 
 AGENTS = ("AgentTask", "ExpenseReport")
@@ -840,7 +840,7 @@ def describe_invocation(config: Config, invocation_id: str) -> str:
 
 
 def cmd_verify(config: Config, args: argparse.Namespace) -> int:
-    from app.events import verify_store
+    from app.audit.event_log import verify_store
 
     store = open_store(config)
     try:
@@ -858,7 +858,7 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_archive(config: Config, args: argparse.Namespace) -> int:
-    from app.events import archive_finished
+    from app.audit.event_log import archive_finished
     from app.service import machines
 
     seconds = args.older_than
@@ -890,7 +890,7 @@ def cmd_archive(config: Config, args: argparse.Namespace) -> int:
 def cmd_approvers(config: Config, args: argparse.Namespace) -> int:
     """Issue, revoke and list approvers' personal inbox credentials (in the agent database)."""
     from app.approvals.identity import CredentialStore
-    from app.events import make_engine
+    from app.audit.event_log import make_engine
 
     try:
         store = CredentialStore(make_engine(config.database_url))
@@ -936,7 +936,7 @@ def cmd_approvers(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_diagram(config: Config, args: argparse.Namespace) -> int:
-    from app.machine import to_mermaid
+    from app.runtime.machine import to_mermaid
     from app.service import machines
 
     known = machines()

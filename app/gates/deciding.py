@@ -1,7 +1,7 @@
 """The agents' public `decide`: a decision reaches the arbiter only with a valid proof.
 
 Every agent's `decide` handler is this function: it checks the proof the approvals surface minted
-(app/approvals/proof.py) in a journaled step, so the verdict, not the key, is what the journal
+(app/gates/proof.py) in a journaled step, so the verdict, not the key, is what the journal
 keeps, then hands the decision to the task's arbiter and waits for its answer. A call straight to
 the ingress without a proof, with a proof for another decision or task, or with an expired one,
 is refused with 401 before anything is read or written.
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from restate import ObjectSharedContext, RunOptions, TerminalError
 
-from app.approvals import proof
-from app.approvals.gate import decide, gate_key
-from app.approvals.models import DecideInput, GateReply, ProvenDecision
+from app.gates import proof
+from app.gates.arbiter import decide, gate_key
+from app.gates.models import DecideInput, GateReply, ProvenDecision
 from app.settings import get_settings
 
 

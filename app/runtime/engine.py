@@ -25,16 +25,16 @@ import restate
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from restate import ObjectContext, ObjectSharedContext, RunOptions, TerminalError
 
-from app import tool_client
-from app.approvals.models import ApprovalRecord, ApprovalRequest, GateIntrusion, PendingApproval
-from app.approvals.waiting import GATE_ENTRY_TOOL_CALLS, Wake, await_gate, enter_gate
-from app.events import GENESIS, Appended, Event, new_event, store_for
-from app.faults import crash_if_planned
+from app.audit.event_log import GENESIS, Appended, Event, new_event, store_for
+from app.gates.models import ApprovalRecord, ApprovalRequest, GateIntrusion, PendingApproval
+from app.gates.waiting import GATE_ENTRY_TOOL_CALLS, Wake, await_gate, enter_gate
 from app.llm import LlmTask, current_model
 from app.llm.port import InT, OutT
-from app.machine import IllegalTransition, Machine, transition
+from app.runtime import tool_client
+from app.runtime.faults import crash_if_planned
+from app.runtime.machine import IllegalTransition, Machine, transition
+from app.runtime.tool_client import ToolResult
 from app.settings import get_settings
-from app.tool_client import ToolResult
 
 log = logging.getLogger(__name__)
 
@@ -595,7 +595,7 @@ class AgentEngine(Generic[D]):
         await ctx.run_typed(
             f"event {item.seq} {record.state}", append_event, RunOptions(type_hint=Appended), item, snapshot
         )
-        # The crash matrix's fault switch: a no-op unless a test armed it (app/faults.py).
+        # The crash matrix's fault switch: a no-op unless a test armed it (app/runtime/faults.py).
         crash_if_planned(record.agent, record.task_id, item.seq)
         return record.model_copy(update={"event_seq": item.seq, "last_event_hash": item.hash})
 

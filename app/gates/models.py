@@ -80,7 +80,7 @@ class DecideInput(BaseModel):
 
 class ProvenDecision(DecideInput):
     """The agents' public `decide` input (design.md): a decision plus the proof the approvals
-    surface minted for exactly it, after authenticating the approver (app/approvals/proof.py)."""
+    surface minted for exactly it, after authenticating the approver (app/gates/proof.py)."""
 
     proof: str = Field(min_length=1, max_length=PROOF_MAX_LENGTH)
 

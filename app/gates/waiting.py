@@ -25,7 +25,7 @@ import restate
 from restate import ObjectContext, RestateDurableFuture, RunOptions, TerminalError
 from restate.serde import BytesSerde
 
-from app.approvals.gate import (
+from app.gates.arbiter import (
     WAKE,
     attach_ticket,
     close_gate,
@@ -36,7 +36,7 @@ from app.approvals.gate import (
     rearm,
     take_outcome,
 )
-from app.approvals.models import (
+from app.gates.models import (
     ApprovalRecord,
     ApprovalRequest,
     AttachTicket,
@@ -51,7 +51,6 @@ from app.approvals.models import (
     approval_hash,
 )
 from app.settings import get_settings
-from app.tool_client import ToolResult
 
 # Tools the gate itself calls; never offered to a planner, so a model cannot open or close gates.
 GATE_TOOLS = frozenset({"request_approval", "remind_approval", "close_approval"})
@@ -63,15 +62,22 @@ INTRUSION_DETAIL_CHARS = 200
 Wake = RestateDurableFuture[bytes]
 
 
+class ToolAnswer(Protocol):
+    """What a gate needs of a tool call's answer (the runtime's `ToolResult`)."""
+
+    @property
+    def result(self) -> dict[str, Any]: ...
+
+
 class GateStep(Protocol):
-    """The part of the engine's step context a gate needs."""
+    """The part of the engine's step context a gate needs (gates sit below the runtime)."""
 
     ctx: ObjectContext
     agent: str
     task_id: str
     state: str
 
-    async def call_tool(self, name: str, args: dict[str, Any]) -> ToolResult: ...
+    async def call_tool(self, name: str, args: dict[str, Any]) -> ToolAnswer: ...
 
 
 def read_gate_policy(approvers: list[str] | None, escalation_approver: str | None) -> GatePolicy:

@@ -18,7 +18,7 @@ from datetime import timedelta
 from restate import ObjectContext, TerminalError, VirtualObject
 from restate.serde import BytesSerde
 
-from app.approvals.models import (
+from app.gates.models import (
     AttachTicket,
     DecideInput,
     Decision,

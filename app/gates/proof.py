@@ -19,7 +19,7 @@ import time
 
 from pydantic import BaseModel
 
-from app.approvals.models import DecideInput
+from app.gates.models import DecideInput
 
 VERSION = "v1"
 # Long enough for Restate to deliver the call, short enough that a leaked proof is soon worthless.

@@ -1,0 +1,1 @@
+"""The audit record: the immutable, hash-chained event log, its verification and its archive."""
