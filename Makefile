@@ -45,7 +45,8 @@ test-deps:
 lint: $(PY_STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/mypy app tools deploy tests
+	$(BIN)/mypy app tools deploy tests common
+	$(BIN)/lint-imports --no-cache
 
 format: $(PY_STAMP)
 	$(BIN)/ruff format .

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from deploy.local import ROOT, Stack, StackError, running_stack, wait_until
-from tools.seed import seed_expenses
+from tools.domains.expense.seed import seed_expenses
 
 DEMO_DIR = ROOT / "var/demo"
 END = {"COMPLETE", "FAILED"}

@@ -419,13 +419,13 @@ class Stack:
 
     @property
     def tools_auth(self) -> dict[str, str]:
-        from tools.settings import DEV_TOOLS_API_TOKEN
+        from tools.service.settings import DEV_TOOLS_API_TOKEN
 
         return {"authorization": f"Bearer {self.extra_env.get('TOOLS_API_TOKEN', DEV_TOOLS_API_TOKEN)}"}
 
     @property
     def expenses_auth(self) -> dict[str, str]:
-        from tools.settings import DEV_EXPENSES_API_TOKEN
+        from tools.service.settings import DEV_EXPENSES_API_TOKEN
 
         token = self.extra_env.get("EXPENSES_API_TOKEN", DEV_EXPENSES_API_TOKEN)
         return {"authorization": f"Bearer {token}"}

@@ -12,8 +12,8 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from common.environment import load_or_exit
-from tools.api import create_app
-from tools.settings import ToolsSettings, get_tools_settings
+from tools.service.api import create_app
+from tools.service.settings import ToolsSettings, get_tools_settings
 
 logger = logging.getLogger("tools")
 

@@ -18,8 +18,8 @@ from functools import lru_cache
 from sqlalchemy import DateTime, Engine, String, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from app.audit.event_log import make_engine
 from app.gates.models import APPROVER_PATTERN
+from common.db import make_engine
 
 TOKEN_PREFIX = "apv_"
 _APPROVER = re.compile(APPROVER_PATTERN)

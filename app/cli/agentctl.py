@@ -890,7 +890,7 @@ def cmd_archive(config: Config, args: argparse.Namespace) -> int:
 def cmd_approvers(config: Config, args: argparse.Namespace) -> int:
     """Issue, revoke and list approvers' personal inbox credentials (in the agent database)."""
     from app.approvals.identity import CredentialStore
-    from app.audit.event_log import make_engine
+    from common.db import make_engine
 
     try:
         store = CredentialStore(make_engine(config.database_url))

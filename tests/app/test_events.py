@@ -18,11 +18,11 @@ from app.audit.event_log import (
     EventStore,
     archive_finished,
     create_schema,
-    make_engine,
     new_event,
     read_archive,
     verify_store,
 )
+from common.db import make_engine
 
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432"
 

@@ -13,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from app.settings import DEV_WEBHOOK_SECRET, MissingSecret, Settings
-from tools.settings import ToolsSettings
+from tools.service.settings import ToolsSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 STRONG = "s" * 32

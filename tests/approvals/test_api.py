@@ -17,10 +17,10 @@ from starlette.testclient import TestClient
 from app.approvals import signature
 from app.approvals.api import create_approvals_app
 from app.approvals.identity import CredentialStore
-from app.audit.event_log import make_engine
 from app.gates import proof
 from app.gates.models import DecideInput
 from app.settings import DEV_WEBHOOK_SECRET, Settings
+from common.db import make_engine
 
 HASH = "a" * 64
 BODY = {

@@ -33,7 +33,7 @@ from app.gates.models import DecideInput
 from app.settings import DEV_OPERATOR_TOKEN, DEV_WEBHOOK_SECRET
 from deploy.local import Stack
 from tests.integration.flows import END, new_task_id, wait_parked
-from tools.receipts import render_receipt
+from tools.domains.expense.receipts import render_receipt
 
 RELIABILITY = {
     "check": (
@@ -338,7 +338,7 @@ def submit_expense(
 
 
 def store_expense(stack: Stack, key: str, merchant: str, amount: str, description: str) -> str:
-    """A valid expense with a rendered receipt OCR reads back (as tools/seed.py submits them)."""
+    """A valid expense with a rendered receipt OCR reads back (as the seed command submits them)."""
     body, content_type = multipart(
         {
             "employee_id": "e-bad-input",

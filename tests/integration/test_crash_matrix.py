@@ -21,7 +21,7 @@ import pytest
 from deploy.local import Stack, running_stack, wait_until
 from tests.integration.conftest import sqlite_url
 from tests.integration.flows import END, assert_one_event_per_transition, idempotency_status
-from tools.seed import seed_expenses
+from tools.domains.expense.seed import seed_expenses
 
 RELIABILITY = {
     "check": (

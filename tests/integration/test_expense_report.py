@@ -14,7 +14,7 @@ import httpx
 from app.settings import DEV_WEBHOOK_SECRET
 from deploy.local import Stack
 from tests.integration.flows import END, wait_parked
-from tools.seed import seed_expenses
+from tools.domains.expense.seed import seed_expenses
 
 AUTO_APPROVED_PATH = ["FETCH", "VERIFY", "CLASSIFY", "ROUTE", "RECORD", "COMPLETE"]
 

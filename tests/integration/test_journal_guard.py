@@ -17,7 +17,7 @@ import pytest
 from deploy.local import ManagedProcess, Stack, free_port
 from tests.integration.flows import END
 from tests.journal_guard import compare, journal_signature, read_golden, write_golden
-from tools.seed import seed_expenses
+from tools.domains.expense.seed import seed_expenses
 
 RELIABILITY = {
     "check": (

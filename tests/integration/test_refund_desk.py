@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 from sqlalchemy.orm import Session
 
+from common.db import make_engine
 from deploy.local import Stack
 from tests.integration.flows import new_task_id, wait_parked
-from tools.db import make_engine
 from tools.domains.refunds.orders import Order
 
 END = {"COMPLETE", "DECLINED", "FAILED"}

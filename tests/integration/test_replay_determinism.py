@@ -23,7 +23,7 @@ import pytest
 from app.audit.event_log import store_for
 from deploy.local import Stack
 from tests.integration.flows import END, idempotency_status, task_salt, wait_parked
-from tools.seed import SAMPLES, SampleExpense
+from tools.domains.expense.seed import SAMPLES, SampleExpense
 
 RELIABILITY = {
     "check": (

@@ -19,7 +19,7 @@ from app.settings import DEV_OPERATOR_TOKEN, DEV_TOOLS_API_TOKEN, DEV_WEBHOOK_SE
 from deploy.local import Stack, wait_until
 from tests.integration.flows import END, new_task_id, start, wait_parked
 from tests.integration.test_expense_report import postings, run_report, seeded, wait_waiting
-from tools.settings import DEV_EXPENSES_API_TOKEN
+from tools.service.settings import DEV_EXPENSES_API_TOKEN
 
 RELIABILITY = {
     "check": "Attack corpus: forged, replayed and unauthenticated decisions, internal handlers, open "

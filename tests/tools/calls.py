@@ -14,10 +14,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from starlette.testclient import TestClient
 
-from tools.db import utc_now
-from tools.idempotency import IdempotencyStore
-from tools.ocr import ReceiptReading, read_receipt
-from tools.receipts import render_receipt
+from common.db import utc_now
+from tools.domains.expense.ocr import ReceiptReading, read_receipt
+from tools.domains.expense.receipts import render_receipt
+from tools.service.idempotency import IdempotencyStore
 
 TICKET = {"title": "Printer on fire", "body": "Third floor, again.", "priority": "high", "requester": "u-1"}
 
@@ -128,9 +128,9 @@ def new_expense(
 
 @lru_cache(maxsize=64)
 def cached_read_receipt(image: bytes, *, timeout_seconds: float = 20) -> ReceiptReading:
-    """tools.ocr.read_receipt, run once per distinct image per test session: Tesseract reads the
-    same bytes the same way, and a test module that records many expenses patches this in as
-    tools.expenses.read_receipt to stay fast (the tool still runs and records its check)."""
+    """`ocr.read_receipt`, run once per distinct image per test session: Tesseract reads the same
+    bytes the same way, and a test module that records many expenses patches this in as
+    `expenses.read_receipt` to stay fast (the tool still runs and records its check)."""
     return read_receipt(image, timeout_seconds=timeout_seconds)
 
 

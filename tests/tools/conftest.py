@@ -15,11 +15,13 @@ import pytest
 from sqlalchemy import create_engine, make_url
 from starlette.testclient import TestClient
 
+from common.db import make_engine
 from tests.tools.calls import MovableClock
-from tools.api import create_app
-from tools.db import Base, create_schema, make_engine
-from tools.registry import ToolRegistry
-from tools.settings import DEV_EXPENSES_API_TOKEN, DEV_TOOLS_API_TOKEN, ToolsSettings
+from tools.service.api import create_app
+from tools.service.db import Base
+from tools.service.registry import ToolRegistry
+from tools.service.schema import create_schema
+from tools.service.settings import DEV_EXPENSES_API_TOKEN, DEV_TOOLS_API_TOKEN, ToolsSettings
 
 EXPENSE_SURFACES = ("/expenses", "/ledger")
 
@@ -68,7 +70,7 @@ def _empty_all_tables(database_url: str) -> None:
 def database_url(request: pytest.FixtureRequest, tmp_path) -> str:
     """A database with no rows in it: a fresh SQLite file, or the session's PostgreSQL emptied."""
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'tools.db'}"
+        return f"sqlite:///{tmp_path / 'tools.service.db'}"
     url: str = request.getfixturevalue("postgres_database_url")
     _empty_all_tables(url)
     return url

@@ -14,13 +14,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.testclient import TestClient
 
+from common.db import make_engine
 from tests.tools.calls import call_tool, count_rows, derived, store_of
-from tools import approvals
-from tools.approvals import ApprovalTicket, RequestApprovalArgs, request_approval
-from tools.db import Base, create_schema, make_engine
-from tools.definition import ToolCall
-from tools.idempotency import Claimed, Completed, IdempotencyKey, StoredResponse, request_hash
-from tools.notifications import OutboxNotification
+from tools.service import approval_tickets as approvals
+from tools.service.approval_tickets import ApprovalTicket, RequestApprovalArgs, request_approval
+from tools.service.db import Base
+from tools.service.definition import ToolCall
+from tools.service.idempotency import Claimed, Completed, IdempotencyKey, StoredResponse, request_hash
+from tools.service.outbox import OutboxNotification
+from tools.service.schema import create_schema
 
 HASH = "5e" * 32
 REQUEST = {

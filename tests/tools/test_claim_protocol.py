@@ -11,9 +11,11 @@ from typing import TypeVar
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+from common.db import make_engine
 from tests.tools.calls import MovableClock
-from tools.db import create_schema, make_engine, make_session_factory
-from tools.idempotency import (
+from tools.domains.generic.tickets import Ticket
+from tools.service.db import make_session_factory
+from tools.service.idempotency import (
     Claimed,
     ClaimLost,
     Completed,
@@ -24,7 +26,7 @@ from tools.idempotency import (
     StoredResponse,
     request_hash,
 )
-from tools.tickets import Ticket
+from tools.service.schema import create_schema
 
 HASH = request_hash("create_ticket", {"title": "t"})
 RACERS = 8

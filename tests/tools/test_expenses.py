@@ -23,9 +23,8 @@ from tests.tools.calls import (
     store_of,
     submit_expense,
 )
-from tools import expenses
-from tools.errors import ApiError
-from tools.expenses import (
+from tools.domains.expense import expenses
+from tools.domains.expense.expenses import (
     RECEIPT_MAX_BYTES,
     SUBMIT_EXPENSE,
     Expense,
@@ -34,8 +33,9 @@ from tools.expenses import (
     check_receipt,
     parse_submission,
 )
-from tools.idempotency import IdempotencyKey
-from tools.uploads import Form, UploadedFile
+from tools.service.errors import ApiError
+from tools.service.idempotency import IdempotencyKey
+from tools.service.uploads import Form, UploadedFile
 
 
 def _assert_nothing_stored(client: TestClient) -> None:

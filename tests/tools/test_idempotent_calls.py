@@ -6,11 +6,11 @@ import json
 from typing import Any
 
 from tests.tools.calls import TICKET, call_tool, count_rows, derived, store_of
-from tools.definition import Tool, ToolArgs, ToolCall, ToolError, ToolResult
-from tools.idempotency import Claimed, ClaimLost, IdempotencyKey, request_hash
-from tools.registry import default_registry
-from tools.tickets import CreateTicketArgs, Ticket, TicketCreated, create_ticket
-from tools.users import UserHistoryEvent
+from tools.domains.generic.tickets import CreateTicketArgs, Ticket, TicketCreated, create_ticket
+from tools.domains.generic.users import UserHistoryEvent
+from tools.service.definition import Tool, ToolArgs, ToolCall, ToolError, ToolResult
+from tools.service.idempotency import Claimed, ClaimLost, IdempotencyKey, request_hash
+from tools.service.registry import default_registry
 
 
 def test_first_call_runs_and_a_retry_replays_the_stored_response(client):

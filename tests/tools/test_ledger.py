@@ -19,6 +19,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 from starlette.testclient import TestClient
 
+from common.db import utc_now
 from tests.tools.calls import (
     APPROVAL_REQUEST,
     approval_ticket,
@@ -31,12 +32,9 @@ from tests.tools.calls import (
     submit_expense,
     verified_expense,
 )
-from tools import expenses
-from tools.db import utc_now
-from tools.definition import ToolCall, ToolFailure
-from tools.expenses import CATEGORIES, ReceiptCheck
-from tools.idempotency import IdempotencyKey
-from tools.ledger import (
+from tools.domains.expense import expenses
+from tools.domains.expense.expenses import CATEGORIES, ReceiptCheck
+from tools.domains.expense.ledger import (
     AUTO_APPROVER,
     EXPENSE_ACCOUNTS,
     PAYABLE_ACCOUNT,
@@ -45,6 +43,8 @@ from tools.ledger import (
     RecordExpenseArgs,
     record_expense,
 )
+from tools.service.definition import ToolCall, ToolFailure
+from tools.service.idempotency import IdempotencyKey
 
 
 @pytest.fixture(autouse=True)

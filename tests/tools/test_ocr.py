@@ -1,7 +1,7 @@
 """Receipt OCR through the real Tesseract (tesseract-ocr), its parsing rules, and `ocr_receipt`.
 
-The OCR tests stay fast: OMP_THREAD_LIMIT=1 (set by tools.ocr) and a handful of small receipts,
-about 0.2 s each.
+The OCR tests stay fast: OMP_THREAD_LIMIT=1 (set by the ocr module) and a handful of small
+receipts, about 0.2 s each.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from PIL import Image, ImageFilter, ImageOps
 from sqlalchemy.orm import Session
 
 from tests.tools.calls import EXPENSE_FIELDS, TICKET, call_tool, count_rows
-from tools import expenses, ocr
-from tools.definition import ToolFailure
-from tools.expenses import Expense, ReceiptCheck
-from tools.idempotency import IdempotencyKey
-from tools.ocr import parse_receipt_text, read_receipt
-from tools.receipts import render_receipt
-from tools.seed import SAMPLES, SampleExpense, seed_expenses
+from tools.domains.expense import expenses, ocr
+from tools.domains.expense.expenses import Expense, ReceiptCheck
+from tools.domains.expense.ocr import parse_receipt_text, read_receipt
+from tools.domains.expense.receipts import render_receipt
+from tools.domains.expense.seed import SAMPLES, SampleExpense, seed_expenses
+from tools.service.definition import ToolFailure
+from tools.service.idempotency import IdempotencyKey
 
 HOTEL = next(sample for sample in SAMPLES if sample.label == "hotel-stay")
 

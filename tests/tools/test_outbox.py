@@ -10,9 +10,10 @@ from sqlalchemy import Column, MetaData, String, Table, Text, inspect, select, t
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from common.db import UTCDateTime, make_engine
 from tests.tools.calls import call_tool, derived
-from tools.db import UTCDateTime, create_schema, make_engine
-from tools.notifications import OutboxNotification
+from tools.service.outbox import OutboxNotification
+from tools.service.schema import create_schema
 
 APPROVAL = {
     "agent": "AgentTask",

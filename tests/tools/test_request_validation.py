@@ -8,8 +8,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from tests.tools.calls import TICKET, call_tool, count_rows
-from tools.idempotency import IdempotencyKey
-from tools.tickets import Ticket
+from tools.domains.generic.tickets import Ticket
+from tools.service.idempotency import IdempotencyKey
 
 
 def _assert_nothing_stored(client: TestClient) -> None:

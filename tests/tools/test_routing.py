@@ -10,9 +10,9 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from tests.tools.calls import call_tool, count_rows, new_expense
-from tools.expenses import CATEGORIES
-from tools.idempotency import IdempotencyKey
-from tools.routing import DEFAULT_RULES, Approver, RoutingRule, matching_rule
+from tools.domains.expense.expenses import CATEGORIES
+from tools.domains.expense.routing import DEFAULT_RULES, Approver, RoutingRule, matching_rule
+from tools.service.idempotency import IdempotencyKey
 
 
 def _session(client) -> Session:

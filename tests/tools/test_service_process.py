@@ -1,5 +1,5 @@
 """`python -m tools` as a real process: a request in flight, its duplicate, its replay, SIGTERM;
-and `python -m tools.seed` against it."""
+and `python -m tools.domains.expense.seed` against it."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from tests.tools.calls import TICKET
-from tools.settings import DEV_EXPENSES_API_TOKEN, DEV_TOOLS_API_TOKEN
+from tools.service.settings import DEV_EXPENSES_API_TOKEN, DEV_TOOLS_API_TOKEN
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 STARTUP_DEADLINE_SECONDS = 30
@@ -64,7 +64,7 @@ def test_the_service_process_serves_idempotently_and_stops_on_sigterm(tmp_path):
         "ENV": "development",
         "TOOLS_HOST": "127.0.0.1",
         "TOOLS_PORT": str(port),
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'tools.db'}",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'tools.service.db'}",
         "TOOLS_SIMULATED_LATENCY_MS": str(LATENCY_MS),
         "IDEMPOTENCY_LEASE_SECONDS": "30",
     }
@@ -122,7 +122,7 @@ def test_the_seed_command_submits_the_demo_expenses_through_the_running_service(
         "ENV": "development",
         "TOOLS_HOST": "127.0.0.1",
         "TOOLS_PORT": str(port),
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'tools.db'}",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'tools.service.db'}",
     }
     url = f"http://127.0.0.1:{port}"
     with (tmp_path / "tools.log").open("wb") as log:
@@ -135,7 +135,7 @@ def test_the_seed_command_submits_the_demo_expenses_through_the_running_service(
 
             runs = [
                 subprocess.run(
-                    [sys.executable, "-m", "tools.seed", "--url", url],
+                    [sys.executable, "-m", "tools.domains.expense.seed", "--url", url],
                     cwd=PROJECT_ROOT,
                     capture_output=True,
                     text=True,
@@ -174,7 +174,15 @@ def test_the_seed_command_submits_the_demo_expenses_through_the_running_service(
 
 def test_the_seed_command_reports_an_unreachable_service(tmp_path):
     run = subprocess.run(
-        [sys.executable, "-m", "tools.seed", "--url", f"http://127.0.0.1:{_free_port()}", "--timeout", "2"],
+        [
+            sys.executable,
+            "-m",
+            "tools.domains.expense.seed",
+            "--url",
+            f"http://127.0.0.1:{_free_port()}",
+            "--timeout",
+            "2",
+        ],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from tools.db import UTCDateTime, create_schema, make_engine, normalize_database_url
-from tools.settings import ToolsSettings, get_tools_settings
+from common.db import SQLITE_BUSY_TIMEOUT_MS, UTCDateTime, make_engine, normalize_database_url
+from tools.service.schema import create_schema
+from tools.service.settings import ToolsSettings, get_tools_settings
 
 
 def test_defaults(monkeypatch):
@@ -71,7 +72,7 @@ def test_a_sqlite_engine_creates_its_directory_and_uses_wal(tmp_path):
         create_schema(engine)
         with engine.connect() as connection:
             assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-            assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 5000
+            assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == SQLITE_BUSY_TIMEOUT_MS
         assert (tmp_path / "nested" / "var" / "agents.db").is_file()
     finally:
         engine.dispose()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.tools.calls import call_tool, derived
-from tools.users import HISTORY_LIMIT
+from tools.domains.generic.users import HISTORY_LIMIT
 
 
 def test_the_catalog_lists_every_tool_with_its_argument_schema(client):

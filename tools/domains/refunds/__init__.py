@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from tools.domains.refunds.orders import TOOLS, seed
+from tools.domains.refunds.orders import TOOLS
+from tools.domains.refunds.orders import seed as seed_demo_data
 
 AGENTS = ("RefundDesk",)
 
-__all__ = ["AGENTS", "TOOLS", "seed"]
+__all__ = ["AGENTS", "TOOLS", "seed_demo_data"]

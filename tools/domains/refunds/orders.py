@@ -17,10 +17,11 @@ from sqlalchemy import Date, ForeignKey, Numeric, String, Text, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
-from tools.approvals import ApprovalTicket, TicketId
-from tools.db import Base, UTCDateTime
-from tools.definition import Tool, ToolArgs, ToolCall, ToolError, ToolResult
-from tools.expenses import Amount, format_amount
+from common.db import UTCDateTime
+from tools.service.approval_tickets import ApprovalTicket, TicketId
+from tools.service.db import Base
+from tools.service.definition import Tool, ToolArgs, ToolCall, ToolError, ToolResult
+from tools.service.money import Amount, format_amount
 
 ORDER_ID_PATTERN = r"^ORD-[0-9]{4,10}$"
 APPROVER_PATTERN = r"^[A-Za-z0-9_.@:+-]+$"

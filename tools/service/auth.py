@@ -13,8 +13,8 @@ import hmac
 
 from starlette.requests import Request
 
-from tools.errors import ApiError
-from tools.settings import ToolsSettings
+from tools.service.errors import ApiError
+from tools.service.settings import ToolsSettings
 
 AGENT_HEADER = "X-Agent"
 AGENT_MAX_LENGTH = 64

@@ -13,15 +13,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Connection, Index, String, Text, UniqueConstraint, inspect, select, text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 from sqlalchemy.schema import AddConstraint, CreateIndex
 
-from tools.db import Base, UTCDateTime
-from tools.definition import Tool, ToolArgs, ToolCall, ToolResult
+from common.db import UTCDateTime
+from tools.service.db import Base
+from tools.service.definition import ToolCall, ToolResult
 
 NotificationKind = Literal["notification", "approval_request", "approval_reminder", "approval_closed"]
 SUBJECT_MAX_LENGTH = 200
@@ -54,17 +55,6 @@ class OutboxNotification(Base):
     # The server default covers rows written before the column existed.
     kind: Mapped[str] = mapped_column(String(32), default="notification", server_default="notification")
     reference: Mapped[str | None] = mapped_column(String(REFERENCE_MAX_LENGTH))
-
-
-class SendNotificationArgs(ToolArgs):
-    recipient: str = Field(min_length=1, max_length=RECIPIENT_MAX_LENGTH)
-    subject: str = Field(min_length=1, max_length=SUBJECT_MAX_LENGTH)
-    body: str = Field(max_length=5000)
-
-
-class NotificationQueued(ToolResult):
-    notification_id: str
-    status: Literal["queued"]
 
 
 class NotificationView(ToolResult):
@@ -134,22 +124,6 @@ def queue_messages(
     return [row.notification_id for row in rows]
 
 
-def send_notification(call: ToolCall, args: SendNotificationArgs) -> NotificationQueued:
-    notification = OutboxNotification(
-        notification_id=call.derived_id("NTF"),
-        idempotency_key=call.idempotency_key,
-        kind="notification",
-        reference=None,
-        recipient=args.recipient,
-        subject=args.subject,
-        body=args.body,
-        status="queued",
-        created_at=call.now,
-    )
-    call.session.add(notification)
-    return NotificationQueued(notification_id=notification.notification_id, status="queued")
-
-
 def list_notifications(
     session: Session,
     *,
@@ -217,17 +191,3 @@ def upgrade_outbox_table(connection: Connection) -> None:
             connection.execute(AddConstraint(unique))
     for index in table.indexes:
         connection.execute(CreateIndex(index))
-
-
-TOOLS: tuple[Tool[Any, Any], ...] = (
-    Tool(
-        name="send_notification",
-        description=(
-            "Queue a notification (email-like: recipient, subject, body) in the outbox for delivery."
-        ),
-        side_effects=True,
-        args_model=SendNotificationArgs,
-        result_model=NotificationQueued,
-        run=send_notification,
-    ),
-)

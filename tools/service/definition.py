@@ -15,7 +15,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.orm import Session, sessionmaker
 
-from tools.settings import ToolsSettings
+from tools.service.settings import ToolsSettings
 
 
 class ToolArgs(BaseModel):

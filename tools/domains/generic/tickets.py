@@ -9,8 +9,9 @@ from pydantic import Field
 from sqlalchemy import String, Text, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from tools.db import Base, UTCDateTime
-from tools.definition import Tool, ToolArgs, ToolCall, ToolResult
+from common.db import UTCDateTime
+from tools.service.db import Base
+from tools.service.definition import Tool, ToolArgs, ToolCall, ToolResult
 
 Priority = Literal["low", "normal", "high"]
 

@@ -17,8 +17,8 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 import tools.domains
-from tools import approvals, expenses, ledger, notifications, routing, tickets, users
-from tools.definition import Tool
+from tools.service import approval_tickets
+from tools.service.definition import Tool
 
 
 class ToolRegistry:
@@ -82,44 +82,27 @@ def _names(*groups: Iterable[Tool[Any, Any]]) -> frozenset[str]:
     return frozenset(tool.name for group in groups for tool in group)
 
 
-# Every agent's gates call the approval tools; beyond those, each agent has its own domain.
-GATE_TOOLS = _names(approvals.TOOLS)
-AGENT_TOOLSETS: dict[str, frozenset[str]] = {
-    "AgentTask": _names(users.TOOLS, tickets.TOOLS, notifications.TOOLS),
-    "ExpenseReport": _names(expenses.TOOLS, routing.TOOLS, ledger.TOOLS),
-}
+# Every agent's gates call the approval tools, which belong to the service, not to a domain.
+GATE_TOOLS = _names(approval_tickets.TOOLS)
 
 
 def domains() -> list[ModuleType]:
-    """Every tool domain under tools/domains/ (each exposes TOOLS and AGENTS, maybe `seed`)."""
+    """Every tool domain under tools/domains/ (each exposes TOOLS and AGENTS, maybe `seed_demo_data`)."""
     found = sorted(info.name for info in pkgutil.iter_modules(tools.domains.__path__) if info.ispkg)
     return [importlib.import_module(f"{tools.domains.__name__}.{name}") for name in found]
 
 
 def domain_seeds() -> list[Callable[[sessionmaker[Session]], None]]:
     """The domains' demo-data functions, run at start (each inserts only what is missing)."""
-    return [domain.seed for domain in domains() if hasattr(domain, "seed")]
+    return [domain.seed_demo_data for domain in domains() if hasattr(domain, "seed_demo_data")]
 
 
 def default_registry() -> ToolRegistry:
-    """The generic agent's tools, the approval gate's, the expense agent's, and every domain's."""
-    toolsets = {agent: set(names) for agent, names in AGENT_TOOLSETS.items()}
+    """The approval gates' tools (every agent's) and every domain's tools (its agents' only)."""
+    toolsets: dict[str, set[str]] = {}
     domain_tools: list[Tool[Any, Any]] = []
     for domain in domains():
         domain_tools.extend(domain.TOOLS)
         for agent in domain.AGENTS:
             toolsets.setdefault(agent, set()).update(tool.name for tool in domain.TOOLS)
-    return ToolRegistry(
-        [
-            *users.TOOLS,
-            *tickets.TOOLS,
-            *notifications.TOOLS,
-            *approvals.TOOLS,
-            *expenses.TOOLS,
-            *routing.TOOLS,
-            *ledger.TOOLS,
-            *domain_tools,
-        ],
-        toolsets,
-        shared=GATE_TOOLS,
-    )
+    return ToolRegistry([*approval_tickets.TOOLS, *domain_tools], toolsets, shared=GATE_TOOLS)

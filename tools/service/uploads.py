@@ -18,7 +18,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from tools.errors import ApiError
+from tools.service.errors import ApiError
 
 MULTIPART_MEDIA_TYPE = "multipart/form-data"
 # Text fields are short (the longest, a description, is 2000 characters); a part this large is

@@ -6,12 +6,12 @@ deadline (`remind_approval`) and closes the ticket when the gate ends (`close_ap
 tells every approver it is gone), so no approver is left looking at a request nobody waits for.
 
 The gate itself (the awakeable, the timer, who decided) lives in the agent service; a ticket is
-what people and dispatchers see. Its messages go through the outbox (tools/notifications.py),
+what people and dispatchers see. Its messages go through the outbox (tools/service/outbox.py),
 in the same transaction as the ticket and the Idempotency-Key.
 
 A ticket is also the tool service's own record of a decision: one that names its `subject`
 (`expense:EXP-…`) and was closed `approved` is the evidence `record_expense` requires before it
-books that expense as approved by a person (tools/ledger.py).
+books that expense as approved by a person (tools/domains/expense/ledger.py).
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from sqlalchemy import JSON, Connection, Index, String, Text, inspect, select, t
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from tools.db import Base, UTCDateTime
-from tools.definition import Tool, ToolArgs, ToolCall, ToolError, ToolResult
-from tools.notifications import Message, fit_subject, queue_messages
+from common.db import UTCDateTime
+from tools.service.db import Base
+from tools.service.definition import Tool, ToolArgs, ToolCall, ToolError, ToolResult
+from tools.service.outbox import Message, fit_subject, queue_messages
 
 ApprovalStatus = Literal["open", "approved", "rejected", "expired"]
 ApprovalOutcome = Literal["approved", "rejected", "expired"]

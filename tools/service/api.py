@@ -2,7 +2,7 @@
 
 `POST /tools/{name}` checks everything about the request first (header, size, JSON, arguments),
 so bad input is refused without touching the idempotency store; then it claims the key, runs the
-tool and completes the key in one transaction (see tools/idempotency.py for why that order).
+tool and completes the key in one transaction (see tools/service/idempotency.py for why that order).
 A tool with a prepare step (OCR) does that slow, read-only work between the claim and the
 transaction, so no transaction stays open while Tesseract runs.
 
@@ -31,12 +31,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tools.approvals import ApprovalTicketQuery, get_approval_ticket, list_approval_tickets
-from tools.auth import Credential, calling_agent, require
-from tools.db import create_schema, make_engine, make_session_factory, utc_now
-from tools.definition import Tool, ToolCall, ToolError, ToolFailure, derive_id
-from tools.errors import ApiError, error_body
-from tools.expenses import (
+from common.db import make_engine, utc_now
+from tools.domains.expense.expenses import (
     EXPENSE_ID_PREFIX,
     SUBMISSION_MAX_BYTES,
     SUBMISSION_MAX_PARTS,
@@ -49,7 +45,14 @@ from tools.expenses import (
     new_expense_id,
     parse_submission,
 )
-from tools.idempotency import (
+from tools.domains.expense.ledger import LedgerQuery, ledger_balance, list_postings
+from tools.domains.generic.tickets import list_tickets
+from tools.service.approval_tickets import ApprovalTicketQuery, get_approval_ticket, list_approval_tickets
+from tools.service.auth import Credential, calling_agent, require
+from tools.service.db import make_session_factory
+from tools.service.definition import Tool, ToolCall, ToolError, ToolFailure, derive_id
+from tools.service.errors import ApiError, error_body
+from tools.service.idempotency import (
     MAX_KEY_LENGTH,
     PORTAL_KEY_PREFIX,
     Claimed,
@@ -62,14 +65,11 @@ from tools.idempotency import (
     portal_key,
     request_hash,
 )
-from tools.ledger import LedgerQuery, ledger_balance, list_postings
-from tools.notifications import NotificationQuery, list_notifications
-from tools.registry import ToolRegistry, default_registry, domain_seeds
-from tools.routing import seed_routing_policy
-from tools.settings import ToolsSettings, get_tools_settings
-from tools.tickets import list_tickets
-from tools.uploads import read_multipart_form
-from tools.users import seed_demo_users
+from tools.service.outbox import NotificationQuery, list_notifications
+from tools.service.registry import ToolRegistry, default_registry, domain_seeds
+from tools.service.schema import create_schema
+from tools.service.settings import ToolsSettings, get_tools_settings
+from tools.service.uploads import read_multipart_form
 
 logger = logging.getLogger(__name__)
 
@@ -295,8 +295,6 @@ class _ToolService:
 
     def start(self) -> None:
         create_schema(self.engine)
-        seed_demo_users(self.sessions)
-        seed_routing_policy(self.sessions)
         for seed in domain_seeds():
             seed(self.sessions)
 
@@ -314,7 +312,7 @@ class _ToolService:
             )
         key = idempotency_key_from(request)
         if key.startswith(PORTAL_KEY_PREFIX):
-            # The expense portal's namespace (tools/idempotency.py): not a tool call's to take.
+            # The expense portal's namespace (tools/service/idempotency.py): not a tool call's to take.
             raise ApiError(
                 400,
                 "invalid_idempotency_key",

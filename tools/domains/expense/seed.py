@@ -1,6 +1,6 @@
 """Demo expenses, submitted through a running tool service's real `POST /expenses`.
 
-    python -m tools.seed --url http://127.0.0.1:9090
+    python -m tools.domains.expense.seed --url http://127.0.0.1:9090
 
 (with the expense surfaces' credential in $EXPENSES_API_TOKEN; without it, the development
 token, which only a service with ENV=development accepts) prints one JSON line per expense
@@ -26,9 +26,10 @@ from decimal import Decimal
 
 import httpx
 
-from tools.expenses import Category, format_amount
-from tools.receipts import receipt_totals, render_receipt
-from tools.settings import DEV_EXPENSES_API_TOKEN
+from tools.domains.expense.expenses import Category
+from tools.domains.expense.receipts import receipt_totals, render_receipt
+from tools.service.money import format_amount
+from tools.service.settings import DEV_EXPENSES_API_TOKEN
 
 DEFAULT_URL = "http://127.0.0.1:9090"
 # Versioned: if a sample's content ever changes, its new submission gets a new key instead of a
@@ -187,7 +188,8 @@ def seed_expenses(client: httpx.Client, batch: str = "") -> list[SeededExpense]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tools.seed", description="Submit the demo expenses to a running tool service."
+        prog="python -m tools.domains.expense.seed",
+        description="Submit the demo expenses to a running tool service.",
     )
     parser.add_argument(
         "--url",

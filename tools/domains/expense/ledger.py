@@ -33,21 +33,20 @@ from sqlalchemy import CheckConstraint, ForeignKey, Numeric, String, func, selec
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from tools.approvals import ApprovalTicket, TicketId
-from tools.db import Base, UTCDateTime
-from tools.definition import Tool, ToolArgs, ToolCall, ToolError, ToolFailure, ToolResult
-from tools.expenses import (
-    Amount,
+from common.db import UTCDateTime
+from tools.domains.expense.expenses import (
     Category,
-    Currency,
     Expense,
     ExpenseId,
     ReceiptCheck,
     check_claim,
     find_expense,
-    format_amount,
 )
-from tools.settings import ToolsSettings
+from tools.service.approval_tickets import ApprovalTicket, TicketId
+from tools.service.db import Base
+from tools.service.definition import Tool, ToolArgs, ToolCall, ToolError, ToolFailure, ToolResult
+from tools.service.money import Amount, Currency, format_amount
+from tools.service.settings import ToolsSettings
 
 Approval = Literal["auto", "human"]
 # The approver-name rules of the agent service (app/gates/models.py); "auto" approvals name

@@ -19,9 +19,15 @@ from sqlalchemy import CheckConstraint, ForeignKey, Numeric, String, func, or_, 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
-from tools.db import Base
-from tools.definition import Tool, ToolArgs, ToolCall, ToolFailure, ToolResult
-from tools.expenses import Amount, Category, Currency, ExpenseId, check_claim, find_expense
+from tools.domains.expense.expenses import (
+    Category,
+    ExpenseId,
+    check_claim,
+    find_expense,
+)
+from tools.service.db import Base
+from tools.service.definition import Tool, ToolArgs, ToolCall, ToolFailure, ToolResult
+from tools.service.money import Amount, Currency
 
 ANY_CATEGORY = "*"
 APPROVER_MAX_LENGTH = 128

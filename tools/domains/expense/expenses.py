@@ -1,8 +1,8 @@
 """Expenses: the claims people submit with a receipt, and the agent's read tools over them.
 
 People submit an expense (the claim and a receipt image) with `POST /expenses` (multipart, see
-tools/api.py); the ExpenseReport agent then reads it (`get_expense`), checks the receipt against
-the claim (`ocr_receipt`), routes it (tools/routing.py) and records it (tools/ledger.py). The
+tools/service/api.py); the ExpenseReport agent then reads it (`get_expense`), checks the receipt
+against the claim (`ocr_receipt`), routes it (routing.py) and records it (ledger.py). The
 record is the claim exactly as submitted: nothing edits it afterwards except its status, which
 the ledger moves to `recorded`, so what was verified is what gets booked.
 
@@ -27,23 +27,22 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    PlainSerializer,
-    PlainValidator,
     ValidationError,
     ValidationInfo,
-    WithJsonSchema,
     field_validator,
 )
 from pydantic_core import PydanticCustomError
 from sqlalchemy import Date, ForeignKey, Index, LargeBinary, Numeric, String, Text, select
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
-from tools.db import Base, UTCDateTime, utc_now
-from tools.definition import Tool, ToolArgs, ToolCall, ToolError, ToolResult
-from tools.errors import ApiError
-from tools.idempotency import request_hash
-from tools.ocr import ReceiptReading, read_receipt
-from tools.uploads import Form, decode_problem, sniff_image_type
+from common.db import UTCDateTime, utc_now
+from tools.domains.expense.ocr import ReceiptReading, read_receipt
+from tools.service.db import Base
+from tools.service.definition import Tool, ToolArgs, ToolCall, ToolError, ToolResult
+from tools.service.errors import ApiError
+from tools.service.idempotency import request_hash
+from tools.service.money import Amount, Currency, format_amount
+from tools.service.uploads import Form, decode_problem, sniff_image_type
 
 # What the idempotency store records as the "tool" of a submission: a key used for one request
 # kind cannot be reused for another.
@@ -53,11 +52,6 @@ EXPENSE_ID_PATTERN = r"^EXP-[0-9a-f]{12}$"
 # The character rules of user ids in the agent service (app/agents/agent_task.py).
 EMPLOYEE_ID_PATTERN = r"^[A-Za-z0-9_.@:-]+$"
 EMPLOYEE_ID_MAX_LENGTH = 128
-CURRENCY_PATTERN = r"^[A-Z]{3}$"
-# Digits, at most two decimals: no exponent, sign, NaN or thousands separator to misread.
-AMOUNT_PATTERN = r"^(0|[1-9][0-9]{0,6})(\.[0-9]{1,2})?$"
-MAX_AMOUNT = Decimal("1000000")
-CENT = Decimal("0.01")
 MERCHANT_MAX_LENGTH = 200
 DESCRIPTION_MAX_LENGTH = 2000
 RECEIPT_FIELD = "receipt"
@@ -77,25 +71,6 @@ OCR_ENGINE_MAX_LENGTH = 64
 Category = Literal["travel", "meals", "lodging", "software", "office_supplies", "training", "other"]
 CATEGORIES: tuple[str, ...] = get_args(Category)
 ExpenseStatus = Literal["submitted", "recorded"]
-
-
-def format_amount(amount: Decimal) -> str:
-    """An amount as the API shows it: a string with exactly two decimals ("18.50")."""
-    return f"{amount.quantize(CENT):f}"
-
-
-def _to_amount(value: object) -> Decimal:
-    # A string, never a JSON number: a float cannot even hold 0.10, and money must not drift.
-    if not isinstance(value, str):
-        raise ValueError('must be a decimal string such as "12.34", not a number')
-    if not re.fullmatch(AMOUNT_PATTERN, value):
-        raise ValueError('must be a decimal string with at most two decimals, such as "12.34"')
-    amount = Decimal(value).quantize(CENT)
-    if amount <= 0:
-        raise ValueError("must be greater than 0")
-    if amount > MAX_AMOUNT:
-        raise ValueError(f"must be at most {MAX_AMOUNT}")
-    return amount
 
 
 def _to_date(value: object) -> object:
@@ -151,13 +126,6 @@ def _one_line(value: str) -> str:
     return value
 
 
-Amount = Annotated[
-    Decimal,
-    PlainValidator(_to_amount),
-    PlainSerializer(format_amount, return_type=str, when_used="json"),
-    WithJsonSchema({"type": "string", "pattern": AMOUNT_PATTERN, "examples": ["18.50"]}),
-]
-Currency = Annotated[str, Field(pattern=CURRENCY_PATTERN, description="ISO 4217 code, e.g. USD")]
 ExpenseId = Annotated[str, Field(pattern=EXPENSE_ID_PATTERN, description='"EXP-" and 12 hex digits')]
 EmployeeId = Annotated[
     str, Field(min_length=1, max_length=EMPLOYEE_ID_MAX_LENGTH, pattern=EMPLOYEE_ID_PATTERN)

@@ -1,8 +1,9 @@
-"""Database plumbing for the tool service: the declarative base, engines, sessions, the schema.
+"""The one database module both services use: engines with the same SQLite and PostgreSQL settings.
 
 SQLite (the zero-set-up default) and PostgreSQL (production, CI) must behave the same for the
-idempotency protocol, so the SQLite engine is configured to take the write lock at BEGIN: two
-transactions that read a key and then write it must serialise, never fail half-way.
+idempotency protocol and the event log, so the SQLite engine takes the write lock at BEGIN: two
+transactions that read a row and then write it serialise, never fail half-way. Each service keeps
+its own tables (its own declarative base); they may share one database file or server.
 """
 
 from __future__ import annotations
@@ -13,15 +14,11 @@ from typing import Any
 
 from sqlalchemy import DateTime, Engine, create_engine, event, make_url
 from sqlalchemy.engine import URL, Dialect
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeDecorator
 
-SQLITE_BUSY_TIMEOUT_MS = 5000
-
-
-class Base(DeclarativeBase):
-    """The declarative base of every table the tool service owns."""
+# A writer waits this long for SQLite's lock (both services and the CLI share one file).
+SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 
 def utc_now() -> datetime:
@@ -97,26 +94,3 @@ def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def make_session_factory(engine: Engine) -> sessionmaker[Session]:
-    """Sessions whose loaded objects stay readable after commit (results are built from them)."""
-    return sessionmaker(engine, expire_on_commit=False)
-
-
-def create_schema(engine: Engine) -> None:
-    """Create every table the service owns; existing tables are left as they are, except those
-    of an earlier version, which are upgraded (see notifications.upgrade_outbox_table and
-    approvals.upgrade_approval_tickets_table).
-
-    Tables register on Base.metadata when their modules are imported, so this imports the
-    idempotency store and the default registry (which imports every tool domain) first.
-    """
-    # Imported here, not at the top: those modules import this one for Base.
-    from tools import approvals, idempotency, notifications, registry  # noqa: F401
-
-    # One transaction: a process that dies half-way through an upgrade leaves the old shape.
-    with engine.begin() as connection:
-        notifications.upgrade_outbox_table(connection)
-        approvals.upgrade_approval_tickets_table(connection)
-        Base.metadata.create_all(connection)

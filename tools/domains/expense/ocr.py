@@ -28,7 +28,7 @@ from io import BytesIO
 import pytesseract  # type: ignore[import-untyped,unused-ignore]
 from PIL import Image, ImageFilter, ImageOps
 
-from tools.definition import ToolFailure
+from tools.service.definition import ToolFailure
 
 TESSERACT_CONFIG = "--psm 6"
 OCR_TIMEOUT_SECONDS = 20

@@ -33,7 +33,8 @@ from sqlalchemy import CursorResult, String, Text, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
-from tools.db import Base, UTCDateTime, utc_now
+from common.db import UTCDateTime, utc_now
+from tools.service.db import Base
 
 MAX_KEY_LENGTH = 255
 # A client of the expense portal chooses its own keys: they are stored under this prefix, so they

@@ -14,8 +14,9 @@ from sqlalchemy import Index, String, Text, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
-from tools.db import Base, UTCDateTime
-from tools.definition import Tool, ToolArgs, ToolCall, ToolError, ToolResult
+from common.db import UTCDateTime
+from tools.service.db import Base
+from tools.service.definition import Tool, ToolArgs, ToolCall, ToolError, ToolResult
 
 HISTORY_LIMIT = 20
 USER_ID_MAX_LENGTH = 100

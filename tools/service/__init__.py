@@ -1,0 +1,1 @@
+"""The tool service itself: HTTP surface, credentials, idempotency store, registry, schema, outbox."""
