@@ -13,14 +13,8 @@ import pytest
 
 from app.audit.event_log import GENESIS, Event, TaskSnapshot, new_event
 from app.cli import agentctl
-from app.cli.agentctl import (
-    EXIT_CODES,
-    apply_event,
-    parse_duration,
-    sql_literal,
-    state_at,
-    summarize_event,
-)
+from app.cli.audit import apply_event, state_at, summarize_event
+from app.cli.common import EXIT_CODES, parse_duration, sql_literal
 
 TERMINAL = frozenset({"COMPLETE", "FAILED"})
 COMMANDS = [

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 
@@ -13,3 +16,17 @@ class Base(DeclarativeBase):
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     """Sessions whose loaded objects stay readable after commit (results are built from them)."""
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def seed_where_missing(sessions: sessionmaker[Session], insert_missing: Callable[[Session], None]) -> None:
+    """Insert a domain's demo rows where missing; safe at every start of every replica.
+
+    Two processes starting at once may both find a row missing; the second one's unique violation
+    means the first one's rows are there now, so one more pass inserts only what is still missing.
+    """
+    try:
+        with sessions.begin() as session:
+            insert_missing(session)
+    except IntegrityError:
+        with sessions.begin() as session:
+            insert_missing(session)

@@ -16,7 +16,6 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import CheckConstraint, ForeignKey, Numeric, String, func, or_, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from tools.domains.expense.expenses import (
@@ -25,7 +24,7 @@ from tools.domains.expense.expenses import (
     check_claim,
     find_expense,
 )
-from tools.service.db import Base
+from tools.service.db import Base, seed_where_missing
 from tools.service.definition import Tool, ToolArgs, ToolCall, ToolFailure, ToolResult
 from tools.service.money import Amount, Currency
 
@@ -184,10 +183,4 @@ def _insert_missing_policy(session: Session) -> None:
 def seed_routing_policy(sessions: sessionmaker[Session]) -> None:
     """Insert missing default approvers, and the default rules into an empty policy; safe to call
     at every start."""
-    try:
-        with sessions.begin() as session:
-            _insert_missing_policy(session)
-    except IntegrityError:
-        # Another process seeded concurrently; its rows are there now, so fill in whatever is left.
-        with sessions.begin() as session:
-            _insert_missing_policy(session)
+    seed_where_missing(sessions, _insert_missing_policy)

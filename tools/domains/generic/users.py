@@ -11,11 +11,10 @@ from typing import Any
 
 from pydantic import Field
 from sqlalchemy import Index, String, Text, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from common.db import UTCDateTime
-from tools.service.db import Base
+from tools.service.db import Base, seed_where_missing
 from tools.service.definition import Tool, ToolArgs, ToolCall, ToolError, ToolResult
 
 HISTORY_LIMIT = 20
@@ -183,10 +182,4 @@ def _insert_missing_demo_rows(session: Session) -> None:
 
 def seed_demo_users(sessions: sessionmaker[Session]) -> None:
     """Insert the demo users and their history where missing; safe to call at every start."""
-    try:
-        with sessions.begin() as session:
-            _insert_missing_demo_rows(session)
-    except IntegrityError:
-        # Another process seeded concurrently; its rows are there now, so fill in whatever is left.
-        with sessions.begin() as session:
-            _insert_missing_demo_rows(session)
+    seed_where_missing(sessions, _insert_missing_demo_rows)

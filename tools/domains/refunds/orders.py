@@ -19,7 +19,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from common.db import UTCDateTime
 from tools.service.approval_tickets import ApprovalTicket, TicketId
-from tools.service.db import Base
+from tools.service.db import Base, seed_where_missing
 from tools.service.definition import Tool, ToolArgs, ToolCall, ToolError, ToolResult
 from tools.service.money import Amount, format_amount
 
@@ -273,12 +273,7 @@ DEMO_ORDERS: tuple[tuple[str, str, str, str, int], ...] = (
 def seed(sessions: sessionmaker[Session]) -> None:
     """Insert the demo orders where missing (dated relative to today); safe at every start."""
     today = datetime.now(UTC).date()
-    try:
-        with sessions.begin() as session:
-            _insert_missing(session, today)
-    except IntegrityError:
-        with sessions.begin() as session:
-            _insert_missing(session, today)
+    seed_where_missing(sessions, lambda session: _insert_missing(session, today))
 
 
 def _insert_missing(session: Session, today: date) -> None:
