@@ -39,7 +39,6 @@ from app.cli.common import (
 from app.cli.decisions import cmd_approvers, cmd_decide
 from app.cli.journal import cmd_journal
 from app.cli.tasks import cmd_diagram, cmd_start, cmd_status, cmd_watch
-from app.service import machines
 from app.settings import DEFAULT_DATABASE_URL
 
 
@@ -105,11 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
             parents=[common],
         )
 
-    # Every registered agent (app/agents/ and AGENT_MODULES): no list of agents is kept here.
-    agents = sorted(machines())
-
     def agent_and_task(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("agent", metavar="AGENT", choices=agents, help=" or ".join(agents))
+        # Any registered agent (app/agents/ and AGENT_MODULES). Not checked here: importing every
+        # agent would slow each command down; the servers and the event log answer for unknowns.
+        sub.add_argument("agent", metavar="AGENT", help="a registered agent, e.g. AgentTask or ExpenseReport")
         sub.add_argument("task_id", metavar="TASK_ID", help="the task id (the virtual object's key)")
 
     def watching(sub: argparse.ArgumentParser) -> None:

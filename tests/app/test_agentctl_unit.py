@@ -297,7 +297,6 @@ def test_every_command_has_help_with_its_exit_codes(name: str, capsys: pytest.Ca
         [],
         ["frobnicate"],
         ["status"],
-        ["status", "NoSuchAgent", "t-1"],
         ["approve", "AgentTask", "t-1"],  # --approver is required
         ["watch", "AgentTask", "t-1", "--timeout", "soon"],
         ["watch", "AgentTask", "t-1", "--interval", "0"],

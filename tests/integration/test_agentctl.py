@@ -258,6 +258,13 @@ def test_status_of_an_unknown_task_is_exit_3(stack: Stack) -> None:
     assert done.stdout == "" and len(done.stderr.strip().splitlines()) == 1
 
 
+def test_status_of_an_unknown_agent_is_exit_3(stack: Stack) -> None:
+    # Agents are not listed in agentctl (the registry is the servers'): Restate answers for them.
+    done = agentctl(stack, "status", "NoSuchAgent", new_task_id("nobody"))
+    assert done.returncode == 3, (done.stdout, done.stderr)
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
 def test_watch_of_an_unknown_task_is_exit_3(stack: Stack) -> None:
     done = agentctl(stack, "watch", "ExpenseReport", new_task_id("nobody"), "--start-grace", "0.5")
     assert done.returncode == 3, done.stderr
