@@ -21,7 +21,7 @@ from restate.serde import BytesSerde
 
 from app.gates.deciding import decide_with_proof
 from app.gates.models import ApprovalRequest, GateReply, ProvenDecision
-from app.llm import LlmTask, current_model
+from app.llm import LlmTask
 from app.runtime.engine import (
     AgentEngine,
     ApprovalFn,
@@ -90,7 +90,7 @@ def _virtual_object(agent: Agent[Any, Any]) -> restate.VirtualObject:
     async def run(ctx: ObjectContext, raw: bytes) -> TaskView:
         """Start (or resume) the task keyed by this object and drive it to a terminal state."""
         request = parse_input(raw, agent.input_type)
-        return await engine.start_or_resume(ctx, request, agent.start(request), current_model().name)
+        return await engine.start_or_resume(ctx, request, agent.start(request))
 
     @obj.handler(kind="shared")
     async def status(ctx: ObjectSharedContext) -> TaskView:

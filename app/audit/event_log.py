@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,6 +43,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from common.db import make_engine
 
 GENESIS = "0" * 64
+
+log = logging.getLogger(__name__)
 
 
 class EventBase(DeclarativeBase):
@@ -93,10 +96,9 @@ class ChainHead(EventBase):
     archive_file: Mapped[str] = mapped_column(Text)
 
 
-class Event(BaseModel):
-    """One event as the engine builds it (in the handler, from journaled values only)."""
+class EventDraft(BaseModel):
+    """An event before it is sealed: what the engine decides, from journaled values only."""
 
-    event_id: str
     agent: str
     task_id: str
     seq: int
@@ -106,6 +108,12 @@ class Event(BaseModel):
     at: float
     payload: dict[str, Any]
     prev_hash: str
+
+
+class Event(EventDraft):
+    """One sealed event: its id and the hash over its content (which includes the previous hash)."""
+
+    event_id: str
     hash: str = ""
 
     def content(self) -> dict[str, Any]:
@@ -129,30 +137,9 @@ def event_hash(content: dict[str, Any]) -> str:
     return hashlib.sha256(canonical(content).encode()).hexdigest()
 
 
-def new_event(
-    *,
-    agent: str,
-    task_id: str,
-    seq: int,
-    kind: str,
-    from_state: str | None,
-    to_state: str,
-    at: float,
-    payload: dict[str, Any],
-    prev_hash: str,
-) -> Event:
-    return Event(
-        event_id=f"{agent}/{task_id}#{seq}",
-        agent=agent,
-        task_id=task_id,
-        seq=seq,
-        kind=kind,
-        from_state=from_state,
-        to_state=to_state,
-        at=at,
-        payload=payload,
-        prev_hash=prev_hash,
-    ).sealed()
+def new_event(draft: EventDraft) -> Event:
+    """Seal a draft: inside the engine's journaled step, so its hash is journaled with it."""
+    return Event(event_id=f"{draft.agent}/{draft.task_id}#{draft.seq}", **draft.model_dump()).sealed()
 
 
 # --- the store ---------------------------------------------------------------------------------
@@ -192,8 +179,15 @@ class EventStore:
         with self.sessions() as session, session.begin():
             yield session
 
-    def append(self, item: Event, snapshot: dict[str, Any] | None = None) -> Appended:
-        """Insert the event (and its snapshot); the same event again is a no-op, checked by hash."""
+    def append(
+        self, item: Event, snapshot: dict[str, Any] | None = None, *, keep_stored: bool = False
+    ) -> Appended:
+        """Insert the event (and its snapshot); the same event again is a no-op, checked by hash.
+
+        A stored event is never changed. With `keep_stored`, the engine's retry of a step whose
+        earlier attempt wrote the event (under code that worded it differently) gets the stored
+        event's hash back, so the chain goes on from what the log holds; otherwise it is refused.
+        """
         row = TaskEvent(
             event_id=item.event_id,
             agent=item.agent,
@@ -225,6 +219,11 @@ class EventStore:
         except IntegrityError:
             with self.session() as session:
                 existing = session.scalar(select(TaskEvent).where(TaskEvent.event_id == item.event_id))
+            if existing is not None and existing.hash != item.hash and keep_stored:
+                log.warning(
+                    "event %s was written by an earlier attempt with other content; kept", item.event_id
+                )
+                return Appended(event_id=item.event_id, hash=existing.hash, replayed=True)
             if existing is None or existing.hash != item.hash:
                 raise EventConflictError(
                     f"event {item.event_id} exists with other content: the log refuses to change it"

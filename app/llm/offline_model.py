@@ -14,9 +14,11 @@ __all__ = ["OfflineModel"]
 class OfflineModel:
     """A `LanguageModel` that answers with each task's declared offline behaviour."""
 
+    NAME = "offline"
+
     @property
     def name(self) -> str:
-        return "offline"
+        return self.NAME
 
     @property
     def offline(self) -> bool:

@@ -26,6 +26,10 @@ class ModelOutputError(Exception):
     """
 
 
+class ModelUnavailableError(Exception):
+    """The model a task is pinned to cannot be reached from this process now (transient: retried)."""
+
+
 class UnknownToolError(ModelOutputError):
     """The output names a tool the request did not offer."""
 

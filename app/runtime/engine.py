@@ -25,10 +25,10 @@ import restate
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from restate import ObjectContext, ObjectSharedContext, RunOptions, TerminalError
 
-from app.audit.event_log import GENESIS, Appended, Event, new_event, store_for
+from app.audit.event_log import GENESIS, Appended, EventDraft, new_event, store_for
 from app.gates.models import ApprovalRecord, ApprovalRequest, GateIntrusion, PendingApproval
 from app.gates.waiting import GATE_ENTRY_TOOL_CALLS, Wake, await_gate, enter_gate
-from app.llm import LlmTask, current_model
+from app.llm import LlmTask, current_model, structured_by
 from app.llm.port import InT, OutT
 from app.runtime import tool_client
 from app.runtime.faults import crash_if_planned
@@ -196,15 +196,18 @@ class Next(BaseModel):
 
 
 class TaskSeed(BaseModel):
-    """What a task draws once, when it is created: its creation time and its key salt."""
+    """What a task draws once, when it is created: its time, its key salt and the model it is
+    pinned to (from this process's settings, read here so the choice is journaled)."""
 
     at: float
     key_salt: str
+    # Empty in seeds journaled before tasks were pinned to a model.
+    model: str = ""
 
 
 def new_task_seed() -> TaskSeed:
     """Runs only inside `ctx.run_typed`: journaled, so every replay sees the same seed."""
-    return TaskSeed(at=time.time(), key_salt=secrets.token_hex(12))
+    return TaskSeed(at=time.time(), key_salt=secrets.token_hex(12), model=current_model().name)
 
 
 def refuse_bad_task_id(task_id: str) -> None:
@@ -237,6 +240,9 @@ class StepContext(Generic[D]):
         self.data = record.data
         self.approvals = list(record.approvals)
         self.key_salt = record.key_salt
+        # The model the task was pinned to at creation: a restart with other settings never
+        # switches a task's model mid-way (its journal would no longer match).
+        self.model = record.model
         # A state visited again (a loop) gets fresh keys; a replay of the same visit the same keys.
         self.visit = sum(1 for t in record.history if t.to_state == record.state)
         self._tool_calls = first_call_index
@@ -279,7 +285,7 @@ class StepContext(Generic[D]):
     async def llm(self, task: LlmTask[InT, OutT], request: InT) -> OutT:
         """Run one of the agent's LLM tasks as a journaled step: the output is journaled, never the
         prompt; a replay returns the journaled output without calling the model."""
-        return await self.run(f"llm {task.name}", current_model().structured, task.output_type, task, request)
+        return await self.run(f"llm {task.name}", structured_by, task.output_type, self.model, task, request)
 
 
 StepFn = Callable[[StepContext[D]], Awaitable[Next]]
@@ -363,9 +369,7 @@ class AgentEngine(Generic[D]):
     async def load(self, ctx: ObjectContext | ObjectSharedContext) -> TaskRecord[D] | None:
         return await ctx.get(TASK_KEY, type_hint=self.record_type)
 
-    async def start_or_resume(
-        self, ctx: ObjectContext, payload: BaseModel, initial_data: D, model_name: str
-    ) -> TaskView:
+    async def start_or_resume(self, ctx: ObjectContext, payload: BaseModel, initial_data: D) -> TaskView:
         """Create the task on first call, then drive it to a terminal state.
 
         A second `run` with the same input resumes (or just reports) the task; with different input
@@ -380,6 +384,7 @@ class AgentEngine(Generic[D]):
             refuse_bad_task_id(ctx.key())
             seed = await ctx.run_typed("task seed", new_task_seed, RunOptions(type_hint=TaskSeed))
             now = seed.at
+            model_name = seed.model or current_model().name
             record = self.record_type(
                 task_id=ctx.key(),
                 agent=self.machine.name,
@@ -576,11 +581,17 @@ class AgentEngine(Generic[D]):
         at: float,
         payload: dict[str, Any],
     ) -> TaskRecord[D]:
-        """Append the event for the record's new state to the log (a journaled step), chain it."""
-        item = new_event(
+        """Append the event for the record's new state to the log (a journaled step), chain it.
+
+        The event is built and sealed inside the step and the chain goes on from the hash the step
+        journaled: a replay on code that words a note differently reuses the journaled hash and
+        cannot fork the chain.
+        """
+        seq = record.event_seq + 1
+        draft = EventDraft(
             agent=record.agent,
             task_id=record.task_id,
-            seq=record.event_seq + 1,
+            seq=seq,
             kind=kind,
             from_state=from_state,
             to_state=record.state,
@@ -588,16 +599,16 @@ class AgentEngine(Generic[D]):
             payload=payload,
             prev_hash=record.last_event_hash,
         )
-        every = get_settings().event_snapshot_every
+        # Whether to snapshot shapes only the step's arguments, never its journaled result.
         snapshot = None
-        if item.seq % every == 0 or self.machine.is_terminal(record.state):
+        if seq % get_settings().event_snapshot_every == 0 or self.machine.is_terminal(record.state):
             snapshot = view_of(record, self.machine).model_dump(mode="json")
-        await ctx.run_typed(
-            f"event {item.seq} {record.state}", append_event, RunOptions(type_hint=Appended), item, snapshot
+        appended = await ctx.run_typed(
+            f"event {seq} {record.state}", append_event, RunOptions(type_hint=Appended), draft, snapshot
         )
         # The crash matrix's fault switch: a no-op unless a test armed it (app/runtime/faults.py).
-        crash_if_planned(record.agent, record.task_id, item.seq)
-        return record.model_copy(update={"event_seq": item.seq, "last_event_hash": item.hash})
+        crash_if_planned(record.agent, record.task_id, seq)
+        return record.model_copy(update={"event_seq": seq, "last_event_hash": appended.hash})
 
     async def status(self, ctx: ObjectSharedContext) -> TaskView:
         record = await self.load(ctx)
@@ -606,10 +617,10 @@ class AgentEngine(Generic[D]):
         return view_of(record, self.machine)
 
 
-async def append_event(item: Event, snapshot: dict[str, Any] | None) -> Appended:
-    """Write one event (and snapshot) to the event log; runs only inside `ctx.run_typed`."""
+async def append_event(draft: EventDraft, snapshot: dict[str, Any] | None) -> Appended:
+    """Seal and write one event (and snapshot) to the event log; runs only inside `ctx.run_typed`."""
     store = store_for(get_settings().database_url)
-    return await asyncio.to_thread(store.append, item, snapshot)
+    return await asyncio.to_thread(store.append, new_event(draft), snapshot, keep_stored=True)
 
 
 def agent_object(name: str, description: str) -> restate.VirtualObject:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from app.audit.event_log import GENESIS, Event, TaskSnapshot, new_event
+from app.audit.event_log import GENESIS, Event, EventDraft, TaskSnapshot, new_event
 from app.cli import agentctl
 from app.cli.audit import apply_event, state_at, summarize_event
 from app.cli.common import EXIT_CODES, parse_duration, sql_literal
@@ -37,15 +37,17 @@ def chain(steps: list[tuple[str, str | None, str, dict[str, Any]]], task_id: str
     previous = GENESIS
     for index, (kind, source, target, payload) in enumerate(steps, start=1):
         item = new_event(
-            agent="AgentTask",
-            task_id=task_id,
-            seq=index,
-            kind=kind,
-            from_state=source,
-            to_state=target,
-            at=1_700_000_000.0 + index,
-            payload=payload,
-            prev_hash=previous,
+            EventDraft(
+                agent="AgentTask",
+                task_id=task_id,
+                seq=index,
+                kind=kind,
+                from_state=source,
+                to_state=target,
+                at=1_700_000_000.0 + index,
+                payload=payload,
+                prev_hash=previous,
+            )
         )
         events.append(item)
         previous = item.hash

@@ -15,6 +15,7 @@ from app.audit.event_log import (
     GENESIS,
     Event,
     EventConflictError,
+    EventDraft,
     EventStore,
     archive_finished,
     create_schema,
@@ -55,15 +56,17 @@ def chain(task_id: str, states: list[str], agent: str = "AgentTask", start: floa
     previous, from_state = GENESIS, None
     for seq, state in enumerate(states, start=1):
         item = new_event(
-            agent=agent,
-            task_id=task_id,
-            seq=seq,
-            kind="created" if seq == 1 else "transition",
-            from_state=from_state,
-            to_state=state,
-            at=start + seq,
-            payload={"note": f"step {seq}", "produced": {"n": seq}},
-            prev_hash=previous,
+            EventDraft(
+                agent=agent,
+                task_id=task_id,
+                seq=seq,
+                kind="created" if seq == 1 else "transition",
+                from_state=from_state,
+                to_state=state,
+                at=start + seq,
+                payload={"note": f"step {seq}", "produced": {"n": seq}},
+                prev_hash=previous,
+            )
         )
         events.append(item)
         previous, from_state = item.hash, state
@@ -99,6 +102,10 @@ def test_an_event_id_never_takes_other_content(store: EventStore) -> None:
     forged = events[1].model_copy(update={"payload": {"note": "rewritten"}}).sealed()
     with pytest.raises(EventConflictError):
         store.append(forged)
+    # The engine's retry of a step an earlier attempt already wrote keeps the stored event.
+    kept = store.append(forged, keep_stored=True)
+    assert kept.replayed is True and kept.hash == events[1].hash != forged.hash
+    assert store.events("AgentTask", "t-1")[1].payload == events[1].payload
 
 
 def test_verify_catches_an_edited_event(store: EventStore) -> None:

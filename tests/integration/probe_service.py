@@ -54,7 +54,7 @@ probe = VirtualObject("EngineProbe")
 
 @probe.handler()
 async def run(ctx: ObjectContext, request: ProbeInput) -> TaskView:
-    return await ENGINE.start_or_resume(ctx, request, ProbeData(behaviour=request.behaviour), "none")
+    return await ENGINE.start_or_resume(ctx, request, ProbeData(behaviour=request.behaviour))
 
 
 @probe.handler(kind="shared")

@@ -11,13 +11,20 @@ import pytest
 
 from app.settings import DEV_OPERATOR_TOKEN, DEV_WEBHOOK_SECRET
 from deploy.local import Stack, running_stack, wait_until
+from tests.fakes.anthropic_api import FakeAnthropicAPI
 from tests.figures import record_figure
 from tests.integration.conftest import sqlite_url
-from tests.integration.flows import END, new_task_id
+from tests.integration.flows import END, assert_one_event_per_transition, new_task_id
 
 RELIABILITY = {
-    "check": ("Tasks parked at a gate: survive crashes of everything; worker memory flat with 500 parked"),
-    "injected": ("SIGKILL of restate-server and of the agent service with 20 tasks parked; 500 tasks parked"),
+    "check": (
+        "Tasks parked at a gate: survive crashes of everything and a restart with other settings and"
+        " another model; worker memory flat with 500 parked"
+    ),
+    "injected": (
+        "SIGKILL of restate-server and of the agent service with 20 tasks parked; a restart with Claude"
+        " configured and other loop, gate and snapshot settings with 8 parked; 500 tasks parked"
+    ),
 }
 
 OPERATOR = {"authorization": f"Bearer {DEV_OPERATOR_TOKEN}"}
@@ -27,11 +34,12 @@ SUSPENDED = (
 )
 
 
-@pytest.fixture
-def parked_stack(tmp_path: Path) -> Iterator[Stack]:
+@pytest.fixture(scope="module")
+def parked_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # Idle invocations are suspended after 1 s instead of a minute, so the test need not wait.
     env = {"AGENT_INACTIVITY_TIMEOUT_SECONDS": "1"}
-    with running_stack(tmp_path, sqlite_url(tmp_path), extra_env=env) as running:
+    workdir = tmp_path_factory.mktemp("parked")
+    with running_stack(workdir, sqlite_url(workdir), extra_env=env) as running:
         yield running
 
 
@@ -109,6 +117,62 @@ def test_parked_tasks_survive_sigkill_of_restate_and_the_agent_service(parked_st
     created = [v["data"]["executed"][0]["result"]["ticket_id"] for v in views]
     all_ids = [t["ticket_id"] for t in tickets]
     assert all(all_ids.count(ticket) == 1 for ticket in created)
+
+
+def test_parked_tasks_finish_as_they_started_after_a_restart_with_other_settings(parked_stack: Stack) -> None:
+    """Everything a handler reads goes through the journal: the model, the loop bound, the gate's
+    policy, the clock. A restart under other settings must not change a parked task's course."""
+    stack = parked_stack
+    assert stack.app is not None
+    task_ids = [new_task_id("config") for _ in range(8)]
+    park(stack, task_ids)
+    wait_suspended(stack, len(task_ids))
+    hashes = {t: stack.status("AgentTask", t)["pending_approval"]["approval_hash"] for t in task_ids}
+    before = {t: stack.status("AgentTask", t)["pending_approval"]["deadline"] for t in task_ids}
+
+    original = dict(stack.extra_env)
+    with FakeAnthropicAPI(api_key="other-key") as claude:
+        stack.app.stop()
+        stack.extra_env = {
+            **original,
+            "ANTHROPIC_API_KEY": "other-key",
+            "ANTHROPIC_BASE_URL": claude.url,
+            "ANTHROPIC_MODEL": "claude-after-restart",
+            "AGENT_MAX_REPLANS": "0",
+            "APPROVAL_TIMEOUT_SECONDS": "7200",
+            "EVENT_SNAPSHOT_EVERY": "1",
+        }
+        stack.start_app()
+        try:
+            assert pending_ids(stack) >= set(task_ids), "a parked task left the inbox after the restart"
+            # The gate's deadline was journaled when it opened: the new timeout does not move it.
+            after = {t: stack.status("AgentTask", t)["pending_approval"]["deadline"] for t in task_ids}
+            assert after == before
+            for task_id in task_ids:
+                answer = stack.decide("AgentTask", task_id, "approve", approval_hash=hashes[task_id])
+                assert answer.status_code == 200, answer.text
+            views = [stack.wait_for_state("AgentTask", t, END, timeout=120) for t in task_ids]
+            assert {v["state"] for v in views} == {"COMPLETE"}, [v["error"] for v in views]
+            # Each finished on the model it started on: the Messages API was never asked.
+            assert {v["model"] for v in views} == {"offline"} and claude.count() == 0
+            assert {
+                t: v["approvals"][0]["state"] for t, v in zip(task_ids, views, strict=True)
+            } == dict.fromkeys(task_ids, "WAIT_APPROVAL")
+            # A task started now is pinned to the newly configured model.
+            fresh = new_task_id("config-new")
+            stack.send("AgentTask", fresh, "run", {"user_id": "u-2", "task": "open a ticket: new"})
+            wait_until(
+                lambda: claude.count() > 0, timeout=60, interval=0.1, what="the new task to ask Claude"
+            )
+            assert stack.status("AgentTask", fresh)["model"] == "claude-after-restart"
+            # Nothing replayed differently: no journal mismatch in the agent service's log.
+            assert "Journal mismatch" not in stack.app.log_tail(2000)
+        finally:
+            stack.app.stop()
+            stack.extra_env = original
+            stack.start_app()
+    for task_id, view in zip(task_ids, views, strict=True):
+        assert_one_event_per_transition(stack, "AgentTask", task_id, view)
 
 
 # 500 parked tasks take over a minute; the figure means little with fewer (the allocator's noise

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from app.llm import AnthropicModel, OfflineModel, build_model
+from app.llm import OfflineModel, build_model
+from app.llm.anthropic_model import AnthropicModel
 from app.settings import Settings
 
 
