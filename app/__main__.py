@@ -60,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from app.runtime.stalls import OneLinePerFailedAttempt
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(OneLinePerFailedAttempt())
     _serve()
     return 0
 

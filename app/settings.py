@@ -63,6 +63,14 @@ class Settings(BaseSettings):
     # How often RefundDesk revises a proposal the refund policy refused before it fails.
     refund_max_revisions: int = Field(2, alias="REFUND_MAX_REVISIONS", ge=0, le=10)
 
+    # A step whose dependency is unreachable stalls and is retried, never failed: after its quick
+    # retries, the engine waits this long, doubling each round up to the cap, then tries again.
+    stall_retry_initial_seconds: float = Field(5.0, alias="STALL_RETRY_INITIAL_SECONDS", gt=0)
+    stall_retry_max_seconds: float = Field(300.0, alias="STALL_RETRY_MAX_SECONDS", gt=0)
+    # At most this many quick attempts in one round, whatever the step kind declares (0: as declared).
+    # Lowered by the outage tests to reach a stall in seconds.
+    step_max_quick_attempts: int = Field(0, alias="STEP_MAX_QUICK_ATTEMPTS", ge=0)
+
     # Agents beyond the packages under app/agents/: comma-separated module names, each declaring
     # `AGENT` (app/agent.py). The service, the webhook and agentctl know them all.
     agent_modules_csv: str = Field("", alias="AGENT_MODULES")

@@ -38,6 +38,7 @@ from app.cli.common import (
 )
 from app.cli.decisions import cmd_approvers, cmd_decide
 from app.cli.journal import cmd_journal
+from app.cli.operations import cmd_cancel, cmd_resume
 from app.cli.tasks import cmd_diagram, cmd_start, cmd_status, cmd_watch
 from app.settings import DEFAULT_DATABASE_URL
 
@@ -171,6 +172,22 @@ def build_parser() -> argparse.ArgumentParser:
             "waiting exit 4. With --hash the approvals service decides (not waiting: 409, exit 4)."
         )
         decide.set_defaults(handler=cmd_decide)
+
+    resume = command(
+        "resume",
+        "Retry a stalled task's step now (it waits out an outage), or resume a run Restate paused.",
+        [EXIT_OK, EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_UNREACHABLE],
+    )
+    agent_and_task(resume)
+    resume.set_defaults(handler=cmd_resume)
+
+    cancel = command(
+        "cancel",
+        "Cancel a task's run: it ends FAILED (code cancelled) with its record and audit kept.",
+        [EXIT_OK, EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_UNREACHABLE],
+    )
+    agent_and_task(cancel)
+    cancel.set_defaults(handler=cmd_cancel)
 
     timeline = command(
         "timeline",

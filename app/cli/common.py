@@ -248,6 +248,12 @@ def print_view(config: Config, view: Mapping[str, Any]) -> None:
             f"approval at {approval.get('state')}: {approval.get('outcome')}{who}{comment} "
             f"at {approval.get('decided_at')}, hash {approval.get('approval_hash')}"
         )
+    stall = view.get("stall")
+    if isinstance(stall, Mapping):
+        config.line(
+            f"stalled at {stall.get('step')} since {stall.get('since')}: {stall.get('rounds')} retry rounds, "
+            f"next at {stall.get('next_retry_at')}: {stall.get('last_error')}"
+        )
     if view.get("result") is not None:
         config.line(f"result: {json.dumps(view['result'], sort_keys=True)}")
     error = view.get("error")

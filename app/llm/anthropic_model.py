@@ -30,6 +30,7 @@ from restate import TerminalError
 
 from app.llm.port import InT, LlmTask, ModelOutputError, OutT, UnknownToolError
 from app.llm.prompting import DATA_RULE, inline_refs
+from app.outage import Unreachable
 
 if TYPE_CHECKING:
     from anthropic.types import Message, MessageParam, ToolChoiceToolParam, ToolParam
@@ -63,7 +64,8 @@ def classify_error(exc: BaseException, *, secret: str | None = None) -> BaseExce
     Returns a `restate.TerminalError` for a permanent failure (a 4xx other than 408/409/429), with a
     message naming the status and the provider's error type and message (never the API key:
     `secret` is redacted from it); returns `exc` itself for a transient failure, which Restate
-    retries. Callers `raise classify_error(exc) from exc`-style or re-raise `exc` when it is returned.
+    retries: an `Unreachable` (one line, no traceback) for an outage or overload (connection errors,
+    timeouts, 408/409/429, 5xx incl. 529), which the engine waits out; `exc` itself otherwise.
     """
     if isinstance(exc, TerminalError):
         return exc
@@ -79,6 +81,12 @@ def classify_error(exc: BaseException, *, secret: str | None = None) -> BaseExce
         if exc.request_id:
             metadata["provider_request_id"] = exc.request_id
         return TerminalError(message, metadata=metadata)
+    if isinstance(exc, anthropic.APIStatusError):
+        detail = exc.api_message or type(exc).__name__
+        return Unreachable(_redact(f"Anthropic API answered {exc.status_code}: {detail}", secret))
+    if isinstance(exc, anthropic.APIConnectionError):
+        # Includes timeouts: the API could not be reached, an outage the task waits out.
+        return Unreachable(_redact(f"Anthropic API unreachable: {type(exc).__name__}: {exc}", secret))
     return exc
 
 
@@ -219,6 +227,9 @@ class AnthropicModel:
             )
         except Exception as exc:
             classified = classify_error(exc, secret=self._api_key)
+            if isinstance(classified, Unreachable):
+                logger.warning("model call %s failed (will be retried): %s", tool_name, classified)
+                raise classified from None
             if classified is exc:
                 logger.warning(
                     "model call %s failed (transient, will be retried): %s",

@@ -14,6 +14,8 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel
 
+from app.outage import Unreachable
+
 InT = TypeVar("InT", bound=BaseModel)
 OutT = TypeVar("OutT", bound=BaseModel)
 
@@ -26,7 +28,7 @@ class ModelOutputError(Exception):
     """
 
 
-class ModelUnavailableError(Exception):
+class ModelUnavailableError(Unreachable):
     """The model a task is pinned to cannot be reached from this process now (transient: retried)."""
 
 

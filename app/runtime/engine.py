@@ -33,6 +33,7 @@ from app.llm.port import InT, OutT
 from app.runtime import tool_client
 from app.runtime.faults import crash_if_planned
 from app.runtime.machine import IllegalTransition, Machine, transition
+from app.runtime.stalls import STALL_KEY, Stall, StallPolicy, StallRecord, one_line_attempts, through_outages
 from app.runtime.tool_client import ToolResult
 from app.settings import get_settings
 
@@ -51,19 +52,23 @@ InputT = TypeVar("InputT", bound=BaseModel)
 T = TypeVar("T")
 
 # One retry policy per kind of step, chosen on purpose (Restate owns retries; clients have none).
-# An LLM call is slow and costly: few attempts, patient backoff; exhausting them fails the task.
+# These are the quick retries of one round. When they run out on an outage (the dependency
+# unreachable or overloaded), the step stalls and is retried round after round, never failed
+# (app/runtime/stalls.py); when they run out on anything else (a model that keeps answering
+# unusable output), the task fails with the reason.
+# An LLM call is slow and costly: few attempts, patient backoff.
 LLM_RUN_OPTIONS: RunOptions[Any] = RunOptions(
     max_attempts=5,
     initial_retry_interval=timedelta(seconds=1),
     max_retry_interval=timedelta(seconds=30),
     retry_interval_factor=2.0,
 )
-# A tool call is idempotent by key, so retrying is always safe: retry for longer, back off faster.
+# A tool call is idempotent by key, so retrying is always safe: more attempts, faster backoff.
 TOOL_RUN_OPTIONS: RunOptions[Any] = RunOptions(
-    max_attempts=12,
-    max_duration=timedelta(minutes=10),
+    max_attempts=8,
+    max_duration=timedelta(minutes=2),
     initial_retry_interval=timedelta(milliseconds=200),
-    max_retry_interval=timedelta(seconds=10),
+    max_retry_interval=timedelta(seconds=5),
     retry_interval_factor=2.0,
 )
 # Reads of static service data (the tool catalog): cheap and safe to retry.
@@ -110,6 +115,30 @@ class TaskRecord(BaseModel, Generic[D]):
     key_salt: str = ""
     # Wakes of a waiting task that did not come from the arbiter: refused, kept on record.
     intrusions: list[GateIntrusion] = Field(default_factory=list)
+    # How a stalled step waits between retry rounds, read from settings when the task was created.
+    stall_policy: StallPolicy = Field(default_factory=StallPolicy)
+
+
+class StallView(BaseModel):
+    """A stalled step as `status` shows it: the state and step, since when, how often, why, next."""
+
+    state: str
+    step: str
+    rounds: int
+    since: str
+    last_error: str
+    next_retry_at: str
+
+    @classmethod
+    def of(cls, stall: Stall) -> StallView:
+        return cls(
+            state=stall.state,
+            step=stall.step,
+            rounds=stall.rounds,
+            since=_iso(stall.since),
+            last_error=stall.last_error,
+            next_retry_at=_iso(stall.next_retry_at),
+        )
 
 
 class TransitionView(BaseModel):
@@ -181,6 +210,8 @@ class TaskView(BaseModel):
     pending_approval: PendingApprovalView | None = None
     approvals: list[ApprovalView] = Field(default_factory=list)
     intrusions: list[GateIntrusion] = Field(default_factory=list)
+    # Set while a step waits out an outage of a dependency (it is retried, never failed).
+    stall: StallView | None = None
     result: dict[str, Any] | None = None
     error: TaskError | None = None
     data: dict[str, Any] = Field(default_factory=dict)
@@ -203,11 +234,20 @@ class TaskSeed(BaseModel):
     key_salt: str
     # Empty in seeds journaled before tasks were pinned to a model.
     model: str = ""
+    stall_policy: StallPolicy = Field(default_factory=StallPolicy)
 
 
 def new_task_seed() -> TaskSeed:
     """Runs only inside `ctx.run_typed`: journaled, so every replay sees the same seed."""
-    return TaskSeed(at=time.time(), key_salt=secrets.token_hex(12), model=current_model().name)
+    settings = get_settings()
+    return TaskSeed(
+        at=time.time(),
+        key_salt=secrets.token_hex(12),
+        model=current_model().name,
+        stall_policy=StallPolicy(
+            initial_seconds=settings.stall_retry_initial_seconds, max_seconds=settings.stall_retry_max_seconds
+        ),
+    )
 
 
 def refuse_bad_task_id(task_id: str) -> None:
@@ -243,6 +283,9 @@ class StepContext(Generic[D]):
         # The model the task was pinned to at creation: a restart with other settings never
         # switches a task's model mid-way (its journal would no longer match).
         self.model = record.model
+        self.stall_policy = record.stall_policy
+        # Outages this step waited out, for the audit record of the transition that ends it.
+        self.stalls: list[StallRecord] = []
         # A state visited again (a loop) gets fresh keys; a replay of the same visit the same keys.
         self.visit = sum(1 for t in record.history if t.to_state == record.state)
         self._tool_calls = first_call_index
@@ -259,7 +302,7 @@ class StepContext(Generic[D]):
         """Call a tool through the tool service, journaled, with this call's derived Idempotency-Key."""
         index = self._tool_calls
         self._tool_calls += 1
-        return await self.ctx.run_typed(
+        return await self._journaled(
             f"{self.state} tool {index} {name}",
             tool_client.call_tool,
             _with_type(TOOL_RUN_OPTIONS, ToolResult),
@@ -278,9 +321,37 @@ class StepContext(Generic[D]):
         options: RunOptions[Any] = LLM_RUN_OPTIONS,
     ) -> T:
         """Run one journaled step (an LLM call, a read) whose result is one of our pydantic types."""
-        return await self.ctx.run_typed(
-            f"{self.state} {label}", action, _with_type(options, result_type), *args
+        return await self._journaled(f"{self.state} {label}", action, _with_type(options, result_type), *args)
+
+    async def _journaled(
+        self,
+        label: str,
+        action: Callable[..., Coroutine[Any, Any, T]],
+        options: RunOptions[T],
+        *args: Any,
+        **kwargs: Any,
+    ) -> T:
+        """One journaled step that waits out outages of its dependency (stalls) instead of failing."""
+        attempt = one_line_attempts(f"{self.agent}/{self.task_id} {label}", action)
+        stall = Stall(
+            agent=self.agent,
+            task_id=self.task_id,
+            state=self.state,
+            step=label,
+            rounds=0,
+            since=0.0,
+            last_error="",
+            next_retry_at=0.0,
+            nudge_id="",
         )
+
+        def run_once(name: str) -> Awaitable[T]:
+            return self.ctx.run_typed(name, attempt, options, *args, **kwargs)
+
+        result, ended = await through_outages(self.ctx, stall, self.stall_policy, run_once)
+        if ended is not None:
+            self.stalls.append(ended)
+        return result
 
     async def llm(self, task: LlmTask[InT, OutT], request: InT) -> OutT:
         """Run one of the agent's LLM tasks as a journaled step: the output is journaled, never the
@@ -295,7 +366,11 @@ ApprovalFn = Callable[[StepContext[D]], ApprovalRequest]
 
 def _with_type(options: RunOptions[Any], result_type: type[T]) -> RunOptions[T]:
     """The step kind's retry options, with the type its result is journaled as."""
-    return dataclasses.replace(options, type_hint=result_type)
+    cap = get_settings().step_max_quick_attempts
+    attempts = options.max_attempts
+    if cap and attempts is not None:
+        attempts = min(attempts, cap)
+    return dataclasses.replace(options, type_hint=result_type, max_attempts=attempts)
 
 
 def input_hash(payload: BaseModel) -> str:
@@ -386,6 +461,7 @@ class AgentEngine(Generic[D]):
             now = seed.at
             model_name = seed.model or current_model().name
             record = self.record_type(
+                stall_policy=seed.stall_policy,
                 task_id=ctx.key(),
                 agent=self.machine.name,
                 model=model_name,
@@ -438,9 +514,12 @@ class AgentEngine(Generic[D]):
             if not self.machine.can_fail(step.state):
                 raise
             assert self.machine.failure is not None
+            # An operator's `agentctl cancel` reaches the handler as this error at its next await.
+            cancelled = exc.status_code == 409 and exc.message == "cancelled"
+            code = "cancelled" if cancelled else "step_failed"
+            message = "cancelled by an operator" if cancelled else exc.message
             failed = Next(
-                target=self.machine.failure,
-                error=TaskError(state=step.state, code="step_failed", message=exc.message),
+                target=self.machine.failure, error=TaskError(state=step.state, code=code, message=message)
             )
             return failed, record
 
@@ -534,6 +613,9 @@ class AgentEngine(Generic[D]):
         decided_before, intruded_before = approvals_before
         if len(updated.approvals) > decided_before:
             payload["approval"] = updated.approvals[-1].model_dump(mode="json")
+        if step.stalls:
+            # The outages this step waited out, for the record of when the task was stalled and why.
+            payload["stalls"] = [stall.model_dump(mode="json") for stall in step.stalls]
         if len(updated.intrusions) > intruded_before:
             # Refused wakes at the gate go into the audit record with the transition that left it.
             payload["intrusions"] = [i.model_dump(mode="json") for i in updated.intrusions[intruded_before:]]
@@ -563,6 +645,8 @@ class AgentEngine(Generic[D]):
             }
         )
         at_gate = StepContext(ctx, entering)
+        # Outages waited out while opening the gate belong to this transition's record too.
+        at_gate.stalls = step.stalls
         try:
             return await enter_gate(at_gate, self.approvals[gate](at_gate))
         except TerminalError as exc:
@@ -614,7 +698,11 @@ class AgentEngine(Generic[D]):
         record = await self.load(ctx)
         if record is None:
             raise TerminalError(f"no {self.machine.name} task {ctx.key()}", status_code=404)
-        return view_of(record, self.machine)
+        view = view_of(record, self.machine)
+        stall = await ctx.get(STALL_KEY, type_hint=Stall)
+        if stall is not None and not view.terminal:
+            view.stall = StallView.of(stall)
+        return view
 
 
 async def append_event(draft: EventDraft, snapshot: dict[str, Any] | None) -> Appended:

@@ -10,7 +10,8 @@ retry reuses the same key. The classification is the contract with Restate's ret
   unguessable salt, so this is a bug (a step whose arguments changed on replay), never an
   attacker: it fails the step with a message that says so, and is logged as an error;
 * any other 4xx: a request the tool service will never accept: `TerminalError`, no blind retry;
-* 5xx, timeouts and connection errors: transient; Restate retries with the same key.
+* 5xx, timeouts, connection errors and our own refused credential: `Unreachable`, an outage the
+  task waits out (the engine stalls the step, retrying with the same key), never a task failure.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pydantic import BaseModel, ConfigDict
 from restate import TerminalError
 from restate.exceptions import RetryableError
 
+from app.outage import Unreachable, unreachable_message
 from app.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -72,8 +74,8 @@ class ToolCatalog(BaseModel):
         return next((tool for tool in self.tools if tool.name == name), None)
 
 
-class ToolServiceError(Exception):
-    """A transient failure of the tool service (5xx or unreachable); Restate retries it."""
+class ToolServiceError(Unreachable):
+    """The tool service is unreachable, failing (5xx) or refuses our credential: an outage."""
 
 
 _clients: dict[int, httpx.AsyncClient] = {}
@@ -139,9 +141,13 @@ def classify(response: httpx.Response, what: str) -> None:
         return
     message = f"{what}: tool service answered {status}: {_error_message(response)}"
     if status == 409 and "retry-after" in response.headers:
-        raise RetryableError(message, status_code=409, retry_after=_retry_after(response))
+        raise RetryableError(
+            unreachable_message(message), status_code=409, retry_after=_retry_after(response)
+        )
     if status in (408, 429):
-        raise RetryableError(message, status_code=status, retry_after=_retry_after(response))
+        raise RetryableError(
+            unreachable_message(message), status_code=status, retry_after=_retry_after(response)
+        )
     if status == 422 and _error_code(response) == KEY_REUSED:
         log.error("%s: Idempotency-Key conflict (a step's arguments changed between attempts?)", what)
         raise TerminalError(
@@ -165,7 +171,9 @@ async def call_tool(agent: str, name: str, args: dict[str, Any], idempotency_key
             f"/tools/{name}", json=args, headers={"Idempotency-Key": idempotency_key, AGENT_HEADER: agent}
         )
     except httpx.TransportError as exc:
-        raise ToolServiceError(f"tool {name}: tool service unreachable: {exc!r}") from exc
+        raise ToolServiceError(
+            f"tool {name}: tool service unreachable: {type(exc).__name__}: {exc}"
+        ) from None
     classify(response, f"tool {name}")
     body = response.json()
     if not isinstance(body, dict):
@@ -183,7 +191,9 @@ async def fetch_catalog(agent: str) -> ToolCatalog:
     try:
         response = await _client().get("/tools", headers={AGENT_HEADER: agent})
     except httpx.TransportError as exc:
-        raise ToolServiceError(f"tool catalog: tool service unreachable: {exc!r}") from exc
+        raise ToolServiceError(
+            f"tool catalog: tool service unreachable: {type(exc).__name__}: {exc}"
+        ) from None
     classify(response, "tool catalog")
     try:
         return ToolCatalog.model_validate(response.json())

@@ -23,6 +23,8 @@ COMMANDS = [
     "watch",
     "approve",
     "reject",
+    "resume",
+    "cancel",
     "timeline",
     "journal",
     "verify",

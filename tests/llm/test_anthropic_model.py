@@ -23,6 +23,7 @@ from app.agents.agent_task.models import (
 from app.llm.anthropic_model import AnthropicModel, ModelOutputError, UnknownToolError
 from app.llm.port import LlmTask
 from app.llm.prompting import DATA_RULE, section
+from app.outage import Unreachable
 from tests.agents.agent_task.support import shipped_catalog, user_context
 from tests.fakes.anthropic_api import FakeAnthropicAPI
 from tests.llm.support import TEST_API_KEY, TEST_MODEL
@@ -204,39 +205,30 @@ async def test_any_declared_task_is_one_forced_tool_call(
     assert "\\u003cworld\\u003e" in body["messages"][0]["content"]
 
 
-# --- transient failures: plain exceptions, exactly one request (max_retries=0) --------------------
+# --- outages: one marked line (`Unreachable`), exactly one request (max_retries=0) ---------------
 
 
-@pytest.mark.parametrize(
-    ("status", "error_class"),
-    [
-        (529, anthropic.OverloadedError),
-        (500, anthropic.InternalServerError),
-        (503, anthropic.ServiceUnavailableError),
-        (429, anthropic.RateLimitError),
-        (408, anthropic.RequestTimeoutError),
-        (409, anthropic.ConflictError),
-    ],
-)
-async def test_transient_status_raises_plain_error_without_sdk_retry(
-    model: AnthropicModel, fake_api: FakeAnthropicAPI, status: int, error_class: type[Exception]
+@pytest.mark.parametrize("status", [529, 500, 503, 429, 408, 409])
+async def test_an_overloaded_or_failing_api_is_an_outage_without_sdk_retry(
+    model: AnthropicModel, fake_api: FakeAnthropicAPI, status: int
 ) -> None:
     fake_api.queue_error(status, times=3)
 
-    with pytest.raises(error_class) as caught:
+    with pytest.raises(Unreachable) as caught:
         await model.structured(ANALYZE, analyze_input())
 
-    assert not isinstance(caught.value, TerminalError)
+    assert f"answered {status}" in str(caught.value)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
     assert fake_api.count() == 1
     assert fake_api.requests[0]["status"] == status
 
 
-async def test_transient_error_then_success_on_the_next_attempt(
+async def test_an_outage_then_success_on_the_next_attempt(
     model: AnthropicModel, fake_api: FakeAnthropicAPI
 ) -> None:
     fake_api.queue_error(529, message="Overloaded")
 
-    with pytest.raises(anthropic.OverloadedError):
+    with pytest.raises(Unreachable):
         await model.structured(PLAN, plan_input())
     plan = await model.structured(PLAN, plan_input())  # what Restate's retry of the step does
 
@@ -244,24 +236,24 @@ async def test_transient_error_then_success_on_the_next_attempt(
     assert fake_api.count(PLAN.tool_name) == 2
 
 
-async def test_timeout_is_transient(fake_api: FakeAnthropicAPI) -> None:
+async def test_timeout_is_an_outage(fake_api: FakeAnthropicAPI) -> None:
     fake_api.queue_tool_input({"summary": "late", "intent": "x"}, delay_seconds=1.0)
     async with AnthropicModel(
         api_key=TEST_API_KEY, model=TEST_MODEL, base_url=fake_api.url, timeout_seconds=0.3, max_tokens=64
     ) as model:
-        with pytest.raises(anthropic.APITimeoutError):
+        with pytest.raises(Unreachable, match="APITimeoutError"):
             await model.structured(ANALYZE, analyze_input())
     assert fake_api.count() == 1
 
 
-async def test_connection_refused_is_transient(anyio_backend: str) -> None:
+async def test_connection_refused_is_an_outage(anyio_backend: str) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     async with AnthropicModel(
         api_key=TEST_API_KEY, model=TEST_MODEL, base_url=f"http://127.0.0.1:{port}", timeout_seconds=2
     ) as model:
-        with pytest.raises(anthropic.APIConnectionError) as caught:
+        with pytest.raises(Unreachable, match="unreachable: APIConnectionError") as caught:
             await model.structured(ANALYZE, analyze_input())
     assert not isinstance(caught.value, TerminalError)
 

@@ -12,6 +12,7 @@ from restate import TerminalError
 
 from app.agents.agent_task.models import Analysis
 from app.llm.anthropic_model import ModelOutputError, UnknownToolError, classify_error, is_permanent_status
+from app.outage import MARK, Unreachable
 
 REQUEST = httpx2.Request("POST", "https://api.anthropic.test/v1/messages")
 
@@ -42,7 +43,8 @@ PERMANENT = [
     status_error(anthropic.RequestHeaderFieldsTooLargeError, 431),
 ]
 
-TRANSIENT = [
+# The API unreachable or overloaded: an outage the task waits out (stalls), never fails on.
+OUTAGES = [
     status_error(anthropic.RequestTimeoutError, 408),
     status_error(anthropic.ConflictError, 409),
     status_error(anthropic.RateLimitError, 429),
@@ -52,6 +54,10 @@ TRANSIENT = [
     status_error(anthropic.OverloadedError, 529),
     anthropic.APIConnectionError(request=REQUEST),
     anthropic.APITimeoutError(request=REQUEST),
+]
+
+# Transient, but not an outage: retried a bounded number of times.
+TRANSIENT = [
     ModelOutputError("no tool_use block"),
     UnknownToolError("wire_money"),
     validation_error(),
@@ -78,6 +84,16 @@ def test_permanent_errors_become_terminal(exc: Exception) -> None:
 @pytest.mark.parametrize("exc", TRANSIENT, ids=lambda e: type(e).__name__)
 def test_transient_errors_are_returned_unchanged(exc: Exception) -> None:
     assert classify_error(exc) is exc
+
+
+@pytest.mark.parametrize("exc", OUTAGES, ids=lambda e: type(e).__name__)
+def test_outages_become_one_marked_line(exc: Exception) -> None:
+    classified = classify_error(exc, secret="sk-secret")
+
+    assert isinstance(classified, Unreachable)
+    assert repr(classified).startswith(MARK) and "\n" not in repr(classified)
+    if isinstance(exc, anthropic.APIStatusError):
+        assert str(exc.status_code) in str(classified)
 
 
 def test_terminal_error_passes_through() -> None:
