@@ -125,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
         [EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_TIMEOUT],
     )
     agent_and_task(start)
+    start.add_argument(
+        "--input",
+        metavar="JSON",
+        help="the task's input as a JSON object (any agent; instead of the flags below)",
+    )
     start.add_argument("--user-id", help="AgentTask: the user the task is for")
     start.add_argument("--task", help="AgentTask: what to do")
     start.add_argument("--expense-id", help="ExpenseReport: the expense to process")

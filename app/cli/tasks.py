@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from collections.abc import Mapping
@@ -34,18 +35,69 @@ from app.cli.common import (
     unreachable,
 )
 
+# How long `start` waits to see whether Restate's first attempt of the run refused the input.
+START_SETTLE_SECONDS = 2.0
 
-def cmd_start(config: Config, args: argparse.Namespace) -> int:
-    agent, task_id = args.agent, args.task_id
+
+def start_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The task's input: `--input JSON` for any agent, or the two shipped agents' own flags."""
+    agent = args.agent
+    flags = bool(args.user_id or args.task or args.expense_id)
+    if args.input is not None:
+        if flags:
+            raise CliError(EXIT_USAGE, "give the input either as --input or as flags, not both")
+        try:
+            body = json.loads(args.input)
+        except ValueError as exc:
+            raise CliError(EXIT_USAGE, f"--input is not JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise CliError(EXIT_USAGE, "--input must be a JSON object")
+        return body
     if agent == "AgentTask":
         if not (args.user_id and args.task) or args.expense_id:
             raise CliError(EXIT_USAGE, "start AgentTask needs --user-id and --task (and no --expense-id)")
-        body: dict[str, Any] = {"user_id": args.user_id, "task": args.task}
-    else:
+        return {"user_id": args.user_id, "task": args.task}
+    if agent == "ExpenseReport":
         if not args.expense_id or args.user_id or args.task:
             raise CliError(EXIT_USAGE, "start ExpenseReport needs --expense-id (and no --user-id or --task)")
-        body = {"expense_id": args.expense_id}
-    key = f"agentctl-start-{agent}-{task_id}"
+        return {"expense_id": args.expense_id}
+    raise CliError(EXIT_USAGE, f"start {agent} needs --input JSON")
+
+
+def refuse_invalid_input(agent: str, body: dict[str, Any]) -> None:
+    """Validate the input here, before anything is sent, when this process knows the agent.
+
+    A refused first `run` would otherwise be Restate's stored outcome for its Idempotency-Key.
+    An agent only the servers know (their AGENT_MODULES) is left to them.
+    """
+    from pydantic import ValidationError
+
+    from app.agents import registered_agents
+
+    declared = registered_agents().get(agent)
+    if declared is None:
+        return
+    try:
+        declared.input_type.model_validate(body)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors()
+        )
+        raise refused(f"start {agent}: invalid input: {problems}") from None
+
+
+def start_key(agent: str, task_id: str, body: dict[str, Any]) -> str:
+    """The send's Idempotency-Key: the same for the same input (a retry never starts twice), another
+    for corrected input (a refused first start never holds the task id)."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return f"agentctl-start-{agent}-{task_id}-{hashlib.sha256(canonical.encode()).hexdigest()[:16]}"
+
+
+def cmd_start(config: Config, args: argparse.Namespace) -> int:
+    agent, task_id = args.agent, args.task_id
+    body = start_body(args)
+    refuse_invalid_input(agent, body)
+    key = start_key(agent, task_id, body)
     with http_client() as client:
         response = _request(
             client,
@@ -82,7 +134,8 @@ def cmd_start(config: Config, args: argparse.Namespace) -> int:
             )
             config.note(f"{agent}/{task_id}: {status}{again}")
         if not args.wait:
-            return EXIT_OK
+            # Report the real outcome: the run refuses bad input at once; wait briefly for that.
+            return settled_start(client, config, invocation_id, agent, task_id)
         code = follow(
             client,
             config,
@@ -106,6 +159,20 @@ def invocation_outcome(client: httpx.Client, config: Config, invocation_id: str)
         f"where id = {sql_literal(invocation_id)}",
     )
     return rows[0] if rows else None
+
+
+def settled_start(client: httpx.Client, config: Config, invocation_id: str, agent: str, task_id: str) -> int:
+    """After a send: exit 4 if the run was refused, else 0 once it is under way (or still queued)."""
+    deadline = time.monotonic() + START_SETTLE_SECONDS
+    while True:
+        row = invocation_outcome(client, config, invocation_id)
+        status = (row or {}).get("status")
+        if status == "completed":
+            check_invocation_refused(client, config, invocation_id, agent, task_id)
+            return EXIT_OK
+        if status in ("suspended", "paused") or time.monotonic() >= deadline:
+            return EXIT_OK
+        time.sleep(0.1)
 
 
 def check_invocation_refused(
