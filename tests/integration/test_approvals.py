@@ -15,6 +15,7 @@ import pytest
 from app.audit.event_log import store_for
 from app.settings import DEV_OPERATOR_TOKEN, DEV_WEBHOOK_SECRET
 from deploy.local import Stack, running_stack, wait_until
+from tests.fakes.mailbox import Mailbox, running_mailbox
 from tests.integration.conftest import sqlite_url
 from tests.integration.flows import END, new_task_id, start, wait_parked
 
@@ -223,15 +224,33 @@ def test_approvals_api_needs_a_credential(stack: Stack) -> None:
 
 
 @pytest.fixture(scope="module")
-def short_gate_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """Always-replay mode, and gates that expire after 8 s with a reminder 4 s before."""
+def mailbox() -> Iterator[tuple[Mailbox, int]]:
+    with running_mailbox() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def short_gate_stack(
+    tmp_path_factory: pytest.TempPathFactory, mailbox: tuple[Mailbox, int]
+) -> Iterator[Stack]:
+    """Always-replay mode, gates that expire after 8 s with a reminder 4 s before, and the outbox
+    delivered by email to the approvers' mailbox (a real SMTP server on loopback)."""
     workdir = tmp_path_factory.mktemp("short-gate")
-    env = {"APPROVAL_TIMEOUT_SECONDS": "8", "APPROVAL_REMINDER_BEFORE_SECONDS": "4"}
+    env = {
+        "APPROVAL_TIMEOUT_SECONDS": "8",
+        "APPROVAL_REMINDER_BEFORE_SECONDS": "4",
+        "NOTIFY_SMTP_URL": f"smtp://127.0.0.1:{mailbox[1]}",
+        "NOTIFY_EMAIL_DOMAIN": "example.com",
+        "NOTIFY_POLL_SECONDS": "0.2",
+        "NOTIFY_LEASE_SECONDS": "1",
+    }
     with running_stack(workdir, sqlite_url(workdir), always_replay=True, extra_env=env) as running:
         yield running
 
 
-def test_timeout_sends_one_reminder_then_fails_and_closes_everything(short_gate_stack: Stack) -> None:
+def test_timeout_sends_one_reminder_then_fails_and_closes_everything(
+    short_gate_stack: Stack, mailbox: tuple[Mailbox, int]
+) -> None:
     stack = short_gate_stack
     task_id = new_task_id("timeout")
     start(stack, task_id, "open a ticket: the fridge is broken")
@@ -252,6 +271,19 @@ def test_timeout_sends_one_reminder_then_fails_and_closes_everything(short_gate_
     ticket = approval_ticket(stack, ticket_id)
     assert ticket["status"] == "expired" and ticket["reminders"] == 1
     assert notifications(stack, kind="approval_closed", reference=ticket_id)
+    # The request and the reminder reached the approver's mailbox before the deadline, once each.
+    inbox = mailbox[0]
+
+    def mailed(kind: str) -> list[Any]:
+        return [
+            m for m in inbox.to("ops-lead@example.com", kind) if m["X-Notification-Reference"] == ticket_id
+        ]
+
+    wait_until(lambda: len(mailed("approval_closed")) == 1, timeout=30, what="the closing mail")
+    assert len(mailed("approval_request")) == 1 and len(mailed("approval_reminder")) == 1
+    arrived = dict(zip([m["Message-ID"] for m in inbox.messages], inbox.received_at, strict=True))
+    assert arrived[mailed("approval_reminder")[0]["Message-ID"]] < deadline.timestamp()
+    assert {n["status"] for n in notifications(stack, reference=ticket_id)} == {"sent"}
     # Nothing is left waiting: the gate is closed and the inbox no longer lists it.
     late = stack.decide("AgentTask", task_id, "approve", approval_hash=pending["approval_hash"])
     assert late.status_code == 409, late.text
@@ -280,6 +312,44 @@ def test_escalation_approver_may_decide_after_the_reminder(short_gate_stack: Sta
     view = stack.wait_for_state("AgentTask", task_id, END, timeout=30)
     assert view["state"] == "COMPLETE"
     assert view["approvals"][0]["approver"] == "ops-manager" and view["approvals"][0]["reminded"] is True
+
+
+def test_a_dispatcher_killed_after_sending_resends_the_same_message_once(
+    short_gate_stack: Stack, mailbox: tuple[Mailbox, int]
+) -> None:
+    stack = short_gate_stack
+    inbox = mailbox[0]
+    original = dict(stack.extra_env)
+    assert stack.tools is not None
+    stack.tools.stop()
+    # The tool service exits right after its first send, before the row says "sent".
+    stack.extra_env = {**original, "NOTIFY_FAULT_EXIT_AFTER_SEND": "1"}
+    stack.start_tools()
+    before = len(inbox.messages)
+    answer = httpx.post(
+        f"{stack.tools_url}/tools/send_notification",
+        json={"recipient": "ops@example.com", "subject": "crash test", "body": "once"},
+        headers={**stack.tools_auth, "Idempotency-Key": new_task_id("notify"), "X-Agent": "AgentTask"},
+        timeout=10,
+    )
+    assert answer.status_code == 200, answer.text
+    notification_id = answer.json()["notification_id"]
+    tools = stack.tools
+    assert tools is not None
+    wait_until(lambda: not tools.alive(), timeout=30, what="the tool service to exit after sending")
+    assert [m["Message-ID"] for m in inbox.messages[before:]] == [f"<{notification_id}@localhost>"]
+    stack.extra_env = original
+    stack.start_tools()
+    # Its lease ran out: claimed again, sent again with the same Message-ID, then marked sent.
+    wait_until(
+        lambda: notifications(stack, kind="notification")[0]["status"] == "sent",
+        timeout=30,
+        what="the resend",
+    )
+    ids = [m["Message-ID"] for m in inbox.messages[before:]]
+    assert set(ids) == {f"<{notification_id}@localhost>"} and len(ids) == 2
+    [row] = [n for n in notifications(stack) if n["notification_id"] == notification_id]
+    assert row["attempts"] == 2 and row["channel"] == "smtp"
 
 
 def awakeable_of(stack: Stack, agent: str, task_id: str) -> str:

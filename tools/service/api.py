@@ -13,6 +13,7 @@ the ledger (`GET /ledger`, `GET /ledger/balance`); the rest are read-only inspec
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -51,6 +52,7 @@ from tools.service.approval_tickets import ApprovalTicketQuery, get_approval_tic
 from tools.service.auth import Credential, calling_agent, require
 from tools.service.db import make_session_factory
 from tools.service.definition import Tool, ToolCall, ToolError, ToolFailure, derive_id
+from tools.service.dispatcher import Dispatcher
 from tools.service.errors import ApiError, error_body
 from tools.service.idempotency import (
     MAX_KEY_LENGTH,
@@ -651,12 +653,21 @@ def create_app(
     store = IdempotencyStore(sessions, timedelta(seconds=settings.idempotency_lease_seconds), clock)
     service = _ToolService(settings, registry or default_registry(), engine, sessions, store, clock)
 
+    dispatcher = Dispatcher.from_settings(settings, sessions, clock)
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await anyio.to_thread.run_sync(service.start)
+        stop = asyncio.Event()
+        # The outbox's dispatcher lives with its only writer; each replica runs one (claims with
+        # leases keep them from sending one row twice at the same time).
+        delivering = asyncio.create_task(dispatcher.run(stop)) if dispatcher else None
         try:
             yield
         finally:
+            stop.set()
+            if delivering is not None:
+                await delivering
             engine.dispose()
 
     def guarded(credential: Credential, handler: Handler) -> Handler:

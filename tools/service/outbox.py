@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Connection, Index, String, Text, UniqueConstraint, inspect, select, text
+from sqlalchemy import Connection, Index, Integer, String, Text, UniqueConstraint, inspect, select, text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 from sqlalchemy.schema import AddConstraint, CreateIndex
 
@@ -57,8 +57,24 @@ class OutboxNotification(Base):
     reference: Mapped[str | None] = mapped_column(String(REFERENCE_MAX_LENGTH))
 
 
+class NotificationDelivery(Base):
+    """How the delivery of one outbox row goes (tools/service/dispatcher.py): attempts, the current
+    claim and its lease, the next attempt, the last error, when it was sent and by which channel."""
+
+    __tablename__ = "notification_deliveries"
+
+    notification_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    claim_token: Mapped[str | None] = mapped_column(String(32))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    channel: Mapped[str | None] = mapped_column(String(16))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 class NotificationView(ToolResult):
-    """An outbox row as the read-only inspection endpoint shows it."""
+    """An outbox row as the read-only inspection endpoint shows it, with its delivery."""
 
     notification_id: str
     idempotency_key: str
@@ -67,8 +83,13 @@ class NotificationView(ToolResult):
     recipient: str
     subject: str
     body: str
+    # queued -> sending -> sent, or back to queued (retry), or dead (refused, or out of attempts).
     status: str
     created_at: datetime
+    attempts: int = 0
+    channel: str | None = None
+    last_error: str | None = None
+    sent_at: datetime | None = None
 
 
 class NotificationQuery(BaseModel):
@@ -132,17 +153,32 @@ def list_notifications(
     limit: int = LIST_LIMIT,
 ) -> list[NotificationView]:
     """The newest outbox rows first, optionally of one kind or reference (inspection)."""
-    statement = select(OutboxNotification)
+    statement = select(OutboxNotification, NotificationDelivery).outerjoin(
+        NotificationDelivery, NotificationDelivery.notification_id == OutboxNotification.notification_id
+    )
     if kind is not None:
         statement = statement.where(OutboxNotification.kind == kind)
     if reference is not None:
         statement = statement.where(OutboxNotification.reference == reference)
-    rows = session.scalars(
+    rows = session.execute(
         statement.order_by(OutboxNotification.created_at.desc(), OutboxNotification.notification_id).limit(
             limit
         )
     )
-    return [NotificationView.model_validate(row, from_attributes=True) for row in rows]
+    views = []
+    for row, delivery in rows:
+        view = NotificationView.model_validate(row, from_attributes=True)
+        if delivery is not None:
+            view = view.model_copy(
+                update={
+                    "attempts": delivery.attempts,
+                    "channel": delivery.channel,
+                    "last_error": delivery.last_error,
+                    "sent_at": delivery.sent_at,
+                }
+            )
+        views.append(view)
+    return views
 
 
 # --- upgrading an outbox created by an earlier version ----------------------------------------

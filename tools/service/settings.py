@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from common.environment import Environment, parse_environment, resolve_secrets
+from common.environment import MIN_SECRET_BYTES, Environment, parse_environment, resolve_secrets
 
 # The same default file as the agent service (app/settings.py): one embedded database for the
 # tool service and the event log, resolved against the working directory the process starts in.
@@ -61,6 +61,22 @@ class ToolsSettings(BaseSettings):
     # An expense dated more than this many days ago is refused at submission.
     expense_max_age_days: int = Field(365, alias="EXPENSE_MAX_AGE_DAYS", gt=0)
 
+    # Delivery of the outbox (tools/service/dispatcher.py): SMTP (`smtp://host:port`) and/or a
+    # signed chat-style webhook. Neither set: messages stay queued for another dispatcher.
+    notify_smtp_url: str | None = Field(None, alias="NOTIFY_SMTP_URL", pattern=r"^smtp://[^/]+$")
+    notify_smtp_from: str = Field("agents@localhost", alias="NOTIFY_SMTP_FROM")
+    # Recipients that are names (approvers) get this domain for email; unset: webhook only.
+    notify_email_domain: str | None = Field(None, alias="NOTIFY_EMAIL_DOMAIN")
+    notify_webhook_url: str | None = Field(None, alias="NOTIFY_WEBHOOK_URL", pattern=r"^https?://")
+    notify_webhook_secret: SecretStr | None = Field(None, alias="NOTIFY_WEBHOOK_SECRET")
+    notify_max_attempts: int = Field(8, alias="NOTIFY_MAX_ATTEMPTS", gt=0)
+    notify_lease_seconds: float = Field(60.0, alias="NOTIFY_LEASE_SECONDS", gt=0)
+    notify_retry_initial_seconds: float = Field(2.0, alias="NOTIFY_RETRY_INITIAL_SECONDS", gt=0)
+    notify_retry_max_seconds: float = Field(300.0, alias="NOTIFY_RETRY_MAX_SECONDS", gt=0)
+    notify_poll_seconds: float = Field(1.0, alias="NOTIFY_POLL_SECONDS", gt=0)
+    # Testing knob: the process exits right after its first send, before marking it sent.
+    notify_fault_exit_after_send: bool = Field(False, alias="NOTIFY_FAULT_EXIT_AFTER_SEND")
+
     @field_validator("env", mode="before")
     @classmethod
     def _known_environment(cls, value: object) -> Environment:
@@ -79,6 +95,15 @@ class ToolsSettings(BaseSettings):
         self.expenses_api_token = resolved["EXPENSES_API_TOKEN"]
         if self.env == "production" and self.tools_simulated_latency_ms:
             raise ValueError("TOOLS_SIMULATED_LATENCY_MS (a testing knob) is refused when ENV=production")
+        if self.env == "production" and self.notify_fault_exit_after_send:
+            raise ValueError("NOTIFY_FAULT_EXIT_AFTER_SEND (a testing knob) is refused when ENV=production")
+        if self.notify_webhook_url:
+            # Fail closed: a webhook the receiver cannot authenticate is not sent at all.
+            secret = self.notify_webhook_secret.get_secret_value() if self.notify_webhook_secret else ""
+            if len(secret.encode()) < MIN_SECRET_BYTES:
+                raise ValueError(
+                    f"NOTIFY_WEBHOOK_URL needs NOTIFY_WEBHOOK_SECRET of at least {MIN_SECRET_BYTES} bytes"
+                )
         return self
 
     @property
