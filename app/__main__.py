@@ -12,6 +12,7 @@ from app.runtime.machine import to_mermaid
 
 def _serve() -> None:
     from app.approvals.api import create_approvals_app
+    from app.llm import current_model
     from app.runtime.serving import hypercorn_config, serve_until_signalled
     from app.runtime.tool_client import close_clients
     from app.service import create_restate_app, machines
@@ -30,11 +31,14 @@ def _serve() -> None:
         "offline" if settings.uses_offline_model else settings.anthropic_model,
         "required" if settings.restate_identity_public_keys else "OFF (development only)",
     )
+    # Built now, not at the first task: the Anthropic adapter's import takes seconds.
+    current_model()
+    grace = settings.shutdown_grace_seconds
     apps = [
-        (create_restate_app(settings), hypercorn_config(settings.app_host, settings.app_port)),
+        (create_restate_app(settings), hypercorn_config(settings.app_host, settings.app_port, grace)),
         (
             create_approvals_app(settings, machines()),
-            hypercorn_config(settings.app_host, settings.approvals_port),
+            hypercorn_config(settings.app_host, settings.approvals_port, grace),
         ),
     ]
     asyncio.run(serve_until_signalled(apps, on_shutdown=close_clients))

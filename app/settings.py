@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     # How often AgentTask replans after a failed verification before it fails (VERIFY -> PLAN).
     agent_max_replans: int = Field(1, alias="AGENT_MAX_REPLANS", ge=0, le=10)
 
+    # How long a stopping service lets open invocation streams finish before it closes them
+    # (Restate retries whatever was cut; a parked task's stream holds nothing worth waiting for).
+    shutdown_grace_seconds: float = Field(10.0, alias="AGENT_SHUTDOWN_GRACE_SECONDS", ge=0)
+
     # How often RefundDesk revises a proposal the refund policy refused before it fails.
     refund_max_revisions: int = Field(2, alias="REFUND_MAX_REVISIONS", ge=0, le=10)
 

@@ -210,6 +210,8 @@ class Stack:
                 "TOOLS_PORT": str(self.tools_port),
                 "TOOLS_URL": self.tools_url,
                 "DATABASE_URL": self.database_url,
+                # Stopping a service with a parked task need not wait for its idle stream.
+                "AGENT_SHUTDOWN_GRACE_SECONDS": "2",
             }
         )
         if self.identity_public_key is not None:

@@ -24,13 +24,13 @@ log = logging.getLogger(__name__)
 UNBOUNDED = 2_147_483_647
 
 
-def hypercorn_config(host: str, port: int) -> Config:
+def hypercorn_config(host: str, port: int, grace_seconds: float = 10.0) -> Config:
     config = Config()
     config.bind = [f"{host}:{port}"]
     config.h2_max_concurrent_streams = UNBOUNDED
     config.keep_alive_max_requests = UNBOUNDED
     config.keep_alive_timeout = UNBOUNDED
-    config.graceful_timeout = 10.0
+    config.graceful_timeout = grace_seconds
     config.accesslog = None
     return config
 
