@@ -278,6 +278,25 @@ class Stack:
         )
         self.app.start()
 
+    def start_release(self, name: str, env: Mapping[str, str]) -> tuple[ManagedProcess, str]:
+        """Another release of the agent service beside the running one, at its own endpoint (not
+        registered): the process and its Restate endpoint URL. The caller stops it."""
+        app_port, approvals_port = free_port(), free_port()
+        process = ManagedProcess(
+            name=f"agent service {name}",
+            argv=[sys.executable, "-m", "app"],
+            env={
+                **self.service_env(),
+                **env,
+                "APP_PORT": str(app_port),
+                "APPROVALS_PORT": str(approvals_port),
+            },
+            log_path=self.workdir / f"logs/app-{name}.log",
+            ready=lambda: _port_open(app_port) and _http_ok(f"http://127.0.0.1:{approvals_port}/health"),
+        )
+        process.start()
+        return process, f"http://127.0.0.1:{app_port}"
+
     def register(self) -> dict[str, Any]:
         """Register (or re-register, with force) the agent service's deployment with Restate."""
         response = httpx.post(

@@ -37,6 +37,7 @@ from app.cli.common import (
     default_approvals_url,
 )
 from app.cli.decisions import cmd_approvers, cmd_decide
+from app.cli.deployments import cmd_deployments
 from app.cli.journal import cmd_journal
 from app.cli.operations import cmd_cancel, cmd_resume
 from app.cli.tasks import cmd_diagram, cmd_start, cmd_status, cmd_watch
@@ -245,6 +246,15 @@ def build_parser() -> argparse.ArgumentParser:
     approvers.add_argument("action", choices=["add", "revoke", "list"])
     approvers.add_argument("name", nargs="?", help="the approver (add, revoke), e.g. ops-lead")
     approvers.set_defaults(handler=cmd_approvers)
+
+    deployments = command(
+        "deployments",
+        "List each release's Restate deployment and the tasks it still holds; remove a drained one.",
+        [EXIT_OK, EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_UNREACHABLE],
+    )
+    deployments.add_argument("action", choices=["list", "remove"])
+    deployments.add_argument("id", nargs="?", help="the deployment to remove (dp_…)")
+    deployments.set_defaults(handler=cmd_deployments)
 
     diagram = command(
         "diagram",

@@ -29,6 +29,7 @@ COMMANDS = [
     "journal",
     "verify",
     "archive",
+    "deployments",
     "diagram",
 ]
 

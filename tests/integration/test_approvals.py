@@ -20,10 +20,13 @@ from tests.integration.conftest import sqlite_url
 from tests.integration.flows import END, new_task_id, start, wait_parked
 
 RELIABILITY = {
-    "check": ("Approval gates: approve, reject, timeout with one reminder, webhook refusals change nothing"),
+    "check": (
+        "Approval gates: approve, reject, timeout with one reminder, webhook refusals change nothing;"
+        " the request and reminder mailed to the approver before the deadline, each message once"
+    ),
     "injected": (
         "forged, missing and mismatched signatures; malformed, stale and unauthorised decisions; an"
-        " expired deadline"
+        " expired deadline; the dispatcher killed right after a send, before marking it"
     ),
 }
 

@@ -2,10 +2,13 @@
 
 The test stacks register it through `AGENT_MODULES`: nothing outside this file names it, which is
 the proof that writing an agent needs no edit anywhere else. It asks its one LLM task for a
-greeting, waits for a human at a gate, and ends.
+greeting, waits for a human at a gate, and ends. `GREETER_VARIANT=v2` is the next release of it, whose
+SEND journals one step more (tests/integration/test_versions.py runs both releases side by side).
 """
 
 from __future__ import annotations
+
+import os
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -53,7 +56,22 @@ def review(step: StepContext[GreeterData]) -> ApprovalRequest:
     )
 
 
+# Read once, at import: a release is fixed for the life of its process.
+VARIANT = os.environ.get("GREETER_VARIANT", "v1")
+
+
+class Stamp(BaseModel):
+    release: str
+
+
+async def stamp() -> Stamp:
+    return Stamp(release=VARIANT)
+
+
 async def send(step: StepContext[GreeterData]) -> Next:
+    if VARIANT == "v2":
+        # The new release journals differently: a v1 task replayed here would not match its journal.
+        await step.run("v2 stamp", stamp, Stamp)
     return Next(target="SENT", result={"greeting": step.data.greeting})
 
 

@@ -1,0 +1,121 @@
+"""Versioned deployments: each release registers at its own endpoint; parked tasks finish on the
+deployment that started them, new tasks start on the new one, and a deployment is removable only
+once drained."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from contextlib import redirect_stderr, redirect_stdout
+from typing import Any
+
+import httpx
+import pytest
+
+from app.cli.agentctl import main as agentctl_main
+from deploy.local import Stack, running_stack
+from tests.integration.conftest import sqlite_url
+from tests.integration.flows import new_task_id, wait_parked
+
+RELIABILITY = {
+    "check": (
+        "Versioned deployments: parked tasks finish on the release that started them; a release is"
+        " removable only once drained"
+    ),
+    "injected": "20 tasks parked on v1, then a v2 registered whose machine journals differently",
+}
+
+PARKED = 20
+# The Greeter's terminal states (tests/integration/throwaway_agent.py).
+ENDED = {"SENT", "DROPPED"}
+THROWAWAY = {"AGENT_MODULES": "tests.integration.throwaway_agent", "AGENT_INACTIVITY_TIMEOUT_SECONDS": "1"}
+
+
+@pytest.fixture(scope="module")
+def v1_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    workdir = tmp_path_factory.mktemp("versions")
+    with running_stack(workdir, sqlite_url(workdir), extra_env=THROWAWAY) as running:
+        yield running
+
+
+def agentctl(stack: Stack, *args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    urls = ["--ingress-url", stack.ingress_url, "--admin-url", stack.admin_url]
+    with redirect_stdout(out), redirect_stderr(err):
+        code = agentctl_main([*args, *urls], out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def listed(stack: Stack) -> list[dict[str, Any]]:
+    code, out, err = agentctl(stack, "deployments", "list", "--json")
+    assert code == 0, err
+    rows: list[dict[str, Any]] = json.loads(out)["deployments"]
+    return rows
+
+
+def journal_names(stack: Stack, agent: str, task_id: str) -> list[str]:
+    rows = stack.sql(
+        "select j.name as name from sys_journal j join sys_invocation i on j.id = i.id "
+        f"where i.target_service_name = '{agent}' and i.target_service_key = '{task_id}' "
+        "and i.target_handler_name = 'run'"
+    )
+    return [str(row["name"]) for row in rows if row.get("name")]
+
+
+def pinned(stack: Stack, agent: str, task_id: str) -> str:
+    [row] = stack.sql(
+        "select pinned_deployment_id as d from sys_invocation "
+        f"where target_service_name = '{agent}' and target_service_key = '{task_id}' "
+        "and target_handler_name = 'run'"
+    )
+    return str(row["d"])
+
+
+def test_parked_tasks_finish_on_their_release_and_new_ones_start_on_the_next(v1_stack: Stack) -> None:
+    stack = v1_stack
+    parked = [new_task_id("v1") for _ in range(PARKED)]
+    for task_id in parked:
+        stack.send("Greeter", task_id, "run", {"name": "Ada"})
+    for task_id in parked:
+        wait_parked(stack, task_id, agent="Greeter")
+    [v1] = listed(stack)
+    assert v1["latest"] and v1["held"] == {"Greeter": PARKED}
+
+    # Release v2: another process at its own endpoint, whose SEND step journals one step more.
+    v2, v2_url = stack.start_release("v2", {"GREETER_VARIANT": "v2"})
+    try:
+        registered = httpx.post(f"{stack.admin_url}/deployments", json={"uri": v2_url}, timeout=30)
+        assert registered.status_code < 300, registered.text
+        rows = {row["uri"].rstrip("/"): row for row in listed(stack)}
+        new = rows[v2_url]
+        old = rows[v1["uri"].rstrip("/")]
+        assert new["latest"] and not old["latest"] and old["held"] == {"Greeter": PARKED}
+        # v1 still holds the parked tasks: removing it is refused, and says why.
+        code, _, err = agentctl(stack, "deployments", "remove", old["id"])
+        assert code == 4 and "not drained" in err and f"Greeter {PARKED}" in err
+
+        for task_id in parked:
+            assert stack.decide("Greeter", task_id, "approve").status_code == 200
+        views = [stack.wait_for_state("Greeter", t, ENDED, timeout=120) for t in parked]
+        assert {v["state"] for v in views} == {"SENT"}, [v["error"] for v in views]
+        for task_id in parked:
+            assert pinned(stack, "Greeter", task_id) == old["id"]
+            assert not any("v2 stamp" in name for name in journal_names(stack, "Greeter", task_id))
+
+        fresh = new_task_id("v2")
+        stack.send("Greeter", fresh, "run", {"name": "Grace"})
+        wait_parked(stack, fresh, agent="Greeter")
+        assert stack.decide("Greeter", fresh, "approve").status_code == 200
+        assert stack.wait_for_state("Greeter", fresh, ENDED, timeout=60)["state"] == "SENT"
+        assert pinned(stack, "Greeter", fresh) == new["id"]
+        assert any("v2 stamp" in name for name in journal_names(stack, "Greeter", fresh))
+
+        # Drained: v1 can go; the latest one cannot.
+        assert agentctl(stack, "deployments", "remove", new["id"])[0] == 4
+        code, out, err = agentctl(stack, "deployments", "remove", old["id"])
+        assert code == 0 and f"removed {old['id']}" in out, err
+        assert [row["id"] for row in listed(stack)] == [new["id"]]
+        assert agentctl(stack, "deployments", "remove", "dp_nosuch")[0] == 3
+    finally:
+        v2.stop()
