@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import socket
+import sys
 from typing import Any
 
 from hypercorn.asyncio import serve
@@ -70,9 +71,35 @@ async def run(settings: ToolsSettings) -> None:
     logger.info("tools service stopped")
 
 
+def sweep(settings: ToolsSettings) -> None:
+    """`python -m tools sweep`: one storage sweep now (a cron job's alternative to the service's
+    own hourly one); prints what it deleted as JSON."""
+    from datetime import timedelta
+
+    from common.db import make_engine, utc_now
+    from tools.service.db import make_session_factory
+    from tools.service.idempotency import IdempotencyStore
+    from tools.service.schema import create_schema
+    from tools.service.sweeper import Sweeper
+
+    engine = make_engine(settings.database_url)
+    try:
+        create_schema(engine)
+        sessions = make_session_factory(engine)
+        store = IdempotencyStore(sessions, timedelta(seconds=settings.idempotency_lease_seconds), utc_now)
+        sweeper = Sweeper(store, sessions, timedelta(days=settings.idempotency_retention_days), utc_now, 0)
+        sys.stdout.write(sweeper.sweep_once().model_dump_json() + "\n")
+    finally:
+        engine.dispose()
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(run(load_or_exit("tool service", get_tools_settings)))
+    settings = load_or_exit("tool service", get_tools_settings)
+    if sys.argv[1:] == ["sweep"]:
+        sweep(settings)
+        return
+    asyncio.run(run(settings))
 
 
 if __name__ == "__main__":

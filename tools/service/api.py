@@ -71,6 +71,7 @@ from tools.service.outbox import NotificationQuery, list_notifications
 from tools.service.registry import ToolRegistry, default_registry, domain_seeds
 from tools.service.schema import create_schema
 from tools.service.settings import ToolsSettings, get_tools_settings
+from tools.service.sweeper import Sweeper
 from tools.service.uploads import read_multipart_form
 
 logger = logging.getLogger(__name__)
@@ -654,6 +655,8 @@ def create_app(
     service = _ToolService(settings, registry or default_registry(), engine, sessions, store, clock)
 
     dispatcher = Dispatcher.from_settings(settings, sessions, clock)
+    retention = timedelta(days=settings.idempotency_retention_days)
+    sweeper = Sweeper(store, sessions, retention, clock, settings.idempotency_sweep_interval_seconds)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -661,13 +664,14 @@ def create_app(
         stop = asyncio.Event()
         # The outbox's dispatcher lives with its only writer; each replica runs one (claims with
         # leases keep them from sending one row twice at the same time).
-        delivering = asyncio.create_task(dispatcher.run(stop)) if dispatcher else None
+        background = [asyncio.create_task(dispatcher.run(stop))] if dispatcher else []
+        if settings.idempotency_sweep_interval_seconds > 0:
+            background.append(asyncio.create_task(sweeper.run(stop)))
         try:
             yield
         finally:
             stop.set()
-            if delivering is not None:
-                await delivering
+            await asyncio.gather(*background)
             engine.dispose()
 
     def guarded(credential: Credential, handler: Handler) -> Handler:
@@ -712,5 +716,6 @@ def create_app(
     )
     app.state.engine = engine
     app.state.store = store
+    app.state.sweeper = sweeper
     app.state.settings = settings
     return app

@@ -282,6 +282,34 @@ class IdempotencyStore:
             )
             return _rowcount(deleted) == 1
 
+    def sweep(self, completed_before: datetime, batch: int = 1000) -> int:
+        """Delete done keys completed before `completed_before`, `batch` rows per transaction.
+
+        Safe once no caller can still retry those calls: the agent service journals each result,
+        so only a step whose answer was lost in a crash ever retries, within minutes or hours, not
+        after the retention (30 days by default). In-flight keys are never swept.
+        """
+        swept = 0
+        while True:
+            with self._sessions.begin() as session:
+                keys = session.scalars(
+                    select(IdempotencyKey.key)
+                    .where(
+                        IdempotencyKey.status == KeyStatus.DONE,
+                        IdempotencyKey.completed_at < completed_before,
+                    )
+                    .limit(batch)
+                ).all()
+                if keys:
+                    session.execute(
+                        delete(IdempotencyKey)
+                        .where(IdempotencyKey.key.in_(keys), IdempotencyKey.status == KeyStatus.DONE)
+                        .execution_options(synchronize_session=False)
+                    )
+            swept += len(keys)
+            if len(keys) < batch:
+                return swept
+
     def current_outcome(self, key: str, request_hash: str) -> Replay | KeyReused | InFlight:
         """What a request that lost its claim should answer, without claiming anything."""
         now = self._clock()

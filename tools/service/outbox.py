@@ -16,7 +16,18 @@ from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Connection, Index, Integer, String, Text, UniqueConstraint, inspect, select, text
+from sqlalchemy import (
+    Connection,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    delete,
+    inspect,
+    select,
+    text,
+)
 from sqlalchemy.orm import Mapped, Session, mapped_column
 from sqlalchemy.schema import AddConstraint, CreateIndex
 
@@ -227,3 +238,16 @@ def upgrade_outbox_table(connection: Connection) -> None:
             connection.execute(AddConstraint(unique))
     for index in table.indexes:
         connection.execute(CreateIndex(index))
+
+
+def sweep_delivered(session: Session, created_before: datetime) -> int:
+    """Delete sent and dead rows (and their deliveries) queued before `created_before`."""
+    ids = session.scalars(
+        select(OutboxNotification.notification_id).where(
+            OutboxNotification.status.in_(("sent", "dead")), OutboxNotification.created_at < created_before
+        )
+    ).all()
+    if ids:
+        session.execute(delete(NotificationDelivery).where(NotificationDelivery.notification_id.in_(ids)))
+        session.execute(delete(OutboxNotification).where(OutboxNotification.notification_id.in_(ids)))
+    return len(ids)

@@ -61,6 +61,14 @@ class ToolsSettings(BaseSettings):
     # An expense dated more than this many days ago is refused at submission.
     expense_max_age_days: int = Field(365, alias="EXPENSE_MAX_AGE_DAYS", gt=0)
 
+    # Done idempotency keys and delivered (or dead) outbox rows are deleted after this many days,
+    # checked every IDEMPOTENCY_SWEEP_INTERVAL_SECONDS (0: never). Longer than the agent service's
+    # journal retention (7 days): a retry never comes after its journal is gone.
+    idempotency_retention_days: float = Field(30.0, alias="IDEMPOTENCY_RETENTION_DAYS", gt=0)
+    idempotency_sweep_interval_seconds: float = Field(
+        3600.0, alias="IDEMPOTENCY_SWEEP_INTERVAL_SECONDS", ge=0
+    )
+
     # Delivery of the outbox (tools/service/dispatcher.py): SMTP (`smtp://host:port`) and/or a
     # signed chat-style webhook. Neither set: messages stay queued for another dispatcher.
     notify_smtp_url: str | None = Field(None, alias="NOTIFY_SMTP_URL", pattern=r"^smtp://[^/]+$")
