@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     # How often AgentTask replans after a failed verification before it fails (VERIFY -> PLAN).
     agent_max_replans: int = Field(1, alias="AGENT_MAX_REPLANS", ge=0, le=10)
 
+    # The cap of Restate's backoff between attempts of an invocation whose worker crashed or was
+    # unreachable (registered with the deployment).
+    invocation_retry_max_interval_seconds: float = Field(30.0, alias="AGENT_RETRY_MAX_INTERVAL_SECONDS", gt=0)
+
     # How long a stopping service lets open invocation streams finish before it closes them
     # (Restate retries whatever was cut; a parked task's stream holds nothing worth waiting for).
     shutdown_grace_seconds: float = Field(10.0, alias="AGENT_SHUTDOWN_GRACE_SECONDS", ge=0)

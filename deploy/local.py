@@ -212,6 +212,8 @@ class Stack:
                 "DATABASE_URL": self.database_url,
                 # Stopping a service with a parked task need not wait for its idle stream.
                 "AGENT_SHUTDOWN_GRACE_SECONDS": "2",
+                # A restarted worker is picked up within 2 s, as the server's default policy above.
+                "AGENT_RETRY_MAX_INTERVAL_SECONDS": "2",
             }
         )
         if self.identity_public_key is not None:

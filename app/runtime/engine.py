@@ -733,13 +733,14 @@ def agent_object(name: str, description: str) -> restate.VirtualObject:
 def invocation_retry_policy() -> restate.InvocationRetryPolicy:
     """Retries of a whole invocation (a crashed or unreachable agent service).
 
-    Backoff is capped at 30 s so a restarted worker is picked up quickly; after 200 attempts (well
-    over an hour) the invocation is paused, not killed, so an operator can resume it: nothing is lost.
+    Backoff is capped (30 s by default, `AGENT_RETRY_MAX_INTERVAL_SECONDS`) so a restarted worker
+    is picked up quickly; after 200 attempts (well over an hour at the default) the invocation is
+    paused, not killed, so an operator can resume it (`agentctl resume`): nothing is lost.
     """
     return restate.InvocationRetryPolicy(
         initial_interval=timedelta(milliseconds=250),
         exponentiation_factor=2.0,
-        max_interval=timedelta(seconds=30),
+        max_interval=timedelta(seconds=get_settings().invocation_retry_max_interval_seconds),
         max_attempts=200,
         on_max_attempts="pause",
     )
