@@ -27,6 +27,7 @@ from restate import TerminalError
 from restate.exceptions import RetryableError
 
 from app.outage import Unreachable, unreachable_message
+from app.runtime.faults import crash_in_tool_call_if_planned
 from app.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -175,6 +176,8 @@ async def call_tool(agent: str, name: str, args: dict[str, Any], idempotency_key
             f"tool {name}: tool service unreachable: {type(exc).__name__}: {exc}"
         ) from None
     classify(response, f"tool {name}")
+    # The crash tests' fault switch: a no-op unless a test armed it (app/runtime/faults.py).
+    crash_in_tool_call_if_planned()
     body = response.json()
     if not isinstance(body, dict):
         raise TerminalError(f"tool {name}: tool service answered a non-object result", status_code=502)

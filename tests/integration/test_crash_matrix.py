@@ -28,7 +28,10 @@ RELIABILITY = {
         "Crash matrix: after a SIGKILL at every journal boundary, each task of both agents reaches the "
         "same end as uncrashed, every side effect exactly once"
     ),
-    "injected": "SIGKILL of the agent service right after the k-th journaled event (k = every boundary)",
+    "injected": (
+        "SIGKILL of the agent service right after the k-th journaled event (k = every boundary), and"
+        " inside every k-th tool call after the tool service answered, before the answer is journaled"
+    ),
 }
 
 FULL = os.environ.get("RELIABILITY_FULL") == "1"
@@ -149,3 +152,31 @@ def test_crash_at_every_journal_boundary(
     assert all(status == "done" for tool, status in effects.items() if tool != "postings"), effects
     if agent == "ExpenseReport":
         assert effects["postings"] == 1
+
+
+# Every k-th tool call across the flows: `make test` kills a few times, `make reliability` often.
+EVERY_KTH_TOOL_CALL = 3 if FULL else 5
+
+
+def test_killed_inside_every_kth_tool_call_every_flow_completes_and_nothing_doubles(
+    fault_stack: tuple[Stack, Path], references: dict[str, dict[str, Any]]
+) -> None:
+    stack, plan = fault_stack
+    plan.write_text(json.dumps({"every_kth_tool_call": EVERY_KTH_TOOL_CALL}))
+    try:
+        total_restarts = 0
+        for agent in list(BOUNDARIES) * (2 if FULL else 1):
+            task_id = f"kth-{agent.lower()}-{uuid.uuid4().hex[:6]}"
+            view, restarts = drive(stack, agent, task_id, body_for(stack, agent))
+            total_restarts += restarts
+            assert view["state"] == "COMPLETE", view
+            assert comparable(view) == comparable(references[agent])
+            assert_one_event_per_transition(stack, agent, task_id, view)
+            effects = side_effects(stack, agent, view)
+            assert all(status == "done" for tool, status in effects.items() if tool != "postings"), effects
+            if agent == "ExpenseReport":
+                assert effects["postings"] == 1
+    finally:
+        plan.write_text("{}")
+    calls = int(plan.with_name(f"{plan.name}.tool-calls").read_text())
+    assert total_restarts == calls // EVERY_KTH_TOOL_CALL >= 2, (total_restarts, calls)

@@ -41,7 +41,11 @@ RELIABILITY = {
 def slow_tools_stack(tmp_path: Path) -> Iterator[Stack]:
     # Every call outlasts the client's timeout by more than twice (the ratio is what matters).
     # The lease (longer than a call) bounds the Retry-After of a call still in flight: 2 s, not 5.
-    env = {"TOOL_TIMEOUT_SECONDS": "0.5", "TOOLS_SIMULATED_LATENCY_MS": "1200", "IDEMPOTENCY_LEASE_SECONDS": "2"}
+    env = {
+        "TOOL_TIMEOUT_SECONDS": "0.5",
+        "TOOLS_SIMULATED_LATENCY_MS": "1200",
+        "IDEMPOTENCY_LEASE_SECONDS": "2",
+    }
     with running_stack(tmp_path, sqlite_url(tmp_path), extra_env=env) as stack:
         yield stack
 
