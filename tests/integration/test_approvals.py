@@ -16,6 +16,7 @@ from app.audit.event_log import store_for
 from app.settings import DEV_OPERATOR_TOKEN, DEV_WEBHOOK_SECRET
 from deploy.local import Stack, running_stack, wait_until
 from tests.fakes.mailbox import Mailbox, running_mailbox
+from tests.figures import record_figure
 from tests.integration.conftest import sqlite_url
 from tests.integration.flows import END, new_task_id, start, wait_parked
 
@@ -353,6 +354,11 @@ def test_a_dispatcher_killed_after_sending_resends_the_same_message_once(
     assert set(ids) == {f"<{notification_id}@localhost>"} and len(ids) == 2
     [row] = [n for n in notifications(stack) if n["notification_id"] == notification_id]
     assert row["attempts"] == 2 and row["channel"] == "smtp"
+    record_figure(
+        "messages delivered exactly once",
+        "approval request and reminder mailed to the approver before the deadline, once each; a dispatcher"
+        " killed after sending resent the same Message-ID once (one message to the reader)",
+    )
 
 
 def awakeable_of(stack: Stack, agent: str, task_id: str) -> str:

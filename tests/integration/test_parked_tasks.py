@@ -173,6 +173,11 @@ def test_parked_tasks_finish_as_they_started_after_a_restart_with_other_settings
             stack.start_app()
     for task_id, view in zip(task_ids, views, strict=True):
         assert_one_event_per_transition(stack, "AgentTask", task_id, view)
+    record_figure(
+        "parked across a config change",
+        f"{len(task_ids)} tasks parked under the offline model, restarted with Claude and other settings:"
+        f" {len(task_ids)} completed on the offline model, 0 model requests, 0 journal mismatches",
+    )
 
 
 # 500 parked tasks take over a minute; the figure means little with fewer (the allocator's noise

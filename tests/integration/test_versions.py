@@ -15,6 +15,7 @@ import pytest
 
 from app.cli.agentctl import main as agentctl_main
 from deploy.local import Stack, running_stack
+from tests.figures import record_figure
 from tests.integration.conftest import sqlite_url
 from tests.integration.flows import new_task_id, wait_parked
 
@@ -117,5 +118,10 @@ def test_parked_tasks_finish_on_their_release_and_new_ones_start_on_the_next(v1_
         assert code == 0 and f"removed {old['id']}" in out, err
         assert [row["id"] for row in listed(stack)] == [new["id"]]
         assert agentctl(stack, "deployments", "remove", "dp_nosuch")[0] == 3
+        record_figure(
+            "parked across a version change",
+            f"{PARKED} tasks parked on v1, v2 registered (journals one step more): {PARKED} completed on v1,"
+            " new tasks on v2, v1 removed only once drained",
+        )
     finally:
         v2.stop()
