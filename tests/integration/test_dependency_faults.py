@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +20,7 @@ from deploy.local import Stack, running_stack
 from tests.figures import record_figure
 from tests.integration.conftest import sqlite_url
 from tests.integration.flows import END, idempotency_status, new_task_id, run_approved, wait_settled
+from tests.integration.private_postgres import PrivatePostgres, private_postgres
 
 # 100 tasks in flight in `make reliability`; 30 in `make test`, to keep it within its time budget.
 IN_FLIGHT = 100 if os.environ.get("RELIABILITY_FULL") == "1" else 30
@@ -32,7 +32,8 @@ RELIABILITY = {
     ),
     "injected": (
         "every tool call 1.2 s with a 0.5 s client timeout; SIGKILL and restart of restate-server while "
-        "100 tasks start; every PostgreSQL connection cut every 0.3 s during 20 flows"
+        "100 tasks start; every PostgreSQL connection cut every 0.3 s during 20 flows, then a real restart"
+        " of the (private, pg_ctl-started) server while half of them execute"
     ),
 }
 
@@ -113,31 +114,21 @@ def test_restate_server_killed_with_tasks_in_flight(busy_stack: Stack) -> None:
     assert verify_store(store_for(stack.database_url)).ok
 
 
-POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432"
-
-
 @pytest.fixture
-def pg_stack(tmp_path: Path) -> Iterator[tuple[Stack, str]]:
-    """The whole stack on a private PostgreSQL database (dropped afterwards)."""
-    name = f"agents_faults_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(f"{POSTGRES}/test", isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    env = {"IDEMPOTENCY_LEASE_SECONDS": "3"}
-    try:
-        with running_stack(tmp_path, f"{POSTGRES}/{name}", extra_env=env) as stack:
-            yield stack, name
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+def pg_stack(tmp_path: Path) -> Iterator[tuple[Stack, PrivatePostgres]]:
+    """The whole stack on a private PostgreSQL cluster this test starts (and may restart)."""
+    with private_postgres() as cluster:
+        env = {"IDEMPOTENCY_LEASE_SECONDS": "3"}
+        with running_stack(tmp_path, cluster.url, extra_env=env) as stack:
+            yield stack, cluster
 
 
-def test_database_connections_dropped_during_flows_lose_and_double_nothing(
-    pg_stack: tuple[Stack, str],
+def test_database_connections_dropped_and_the_server_restarted_during_flows_lose_and_double_nothing(
+    pg_stack: tuple[Stack, PrivatePostgres],
 ) -> None:
-    stack, database = pg_stack
-    admin = create_engine(f"{POSTGRES}/test", isolation_level="AUTOCOMMIT")
+    stack, cluster = pg_stack
+    database = "postgres"
+    admin = create_engine(cluster.url, isolation_level="AUTOCOMMIT")
     task_ids = [new_task_id("pgdrop") for _ in range(20)]
     stop = threading.Event()
     dropped: list[int] = []
@@ -169,9 +160,15 @@ def test_database_connections_dropped_during_flows_lose_and_double_nothing(
     assert sum(dropped) > 0, "no connection was ever cut"
 
     assert all(view["state"] in {"WAIT_APPROVAL", *END} for view in views.values())
-    for task_id, view in wait_settled(stack, task_ids, timeout=120).items():
-        if view["state"] == "WAIT_APPROVAL":
-            assert stack.decide("AgentTask", task_id, "approve").status_code == 200
+    settled = wait_settled(stack, task_ids, timeout=120)
+    waiting = [task_id for task_id, view in settled.items() if view["state"] == "WAIT_APPROVAL"]
+    for task_id in waiting[: len(waiting) // 2]:
+        assert stack.decide("AgentTask", task_id, "approve").status_code == 200
+    # A real restart of the server while the approved half executes: every connection gone, the
+    # server away for a moment. The other half is approved after it is back.
+    cluster.restart()
+    for task_id in waiting[len(waiting) // 2 :]:
+        assert stack.decide("AgentTask", task_id, "approve").status_code == 200
     ends = [stack.wait_for_state("AgentTask", t, END, timeout=180) for t in task_ids]
     assert [v["state"] for v in ends] == ["COMPLETE"] * 20
     store = store_for(stack.database_url)
@@ -181,5 +178,6 @@ def test_database_connections_dropped_during_flows_lose_and_double_nothing(
             assert idempotency_status(stack, call["idempotency_key"]) == "done"
     assert verify_store(store).ok
     record_figure(
-        "PostgreSQL connections cut during 20 flows", f"{sum(dropped)} connections terminated, 0 lost"
+        "PostgreSQL connections cut and the server restarted during 20 flows",
+        f"{sum(dropped)} connections terminated and one restart of a private cluster, 0 lost, 0 doubled",
     )
