@@ -8,17 +8,22 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from app.audit.event_log import Event, EventStore, TaskSnapshot, read_archive
 from app.cli.common import (
     EXIT_BROKEN,
     EXIT_OK,
     Config,
+    _request,
     _shorten,
+    admin_query,
+    http_client,
     iso,
     not_found,
     open_store,
     print_view,
+    sql_literal,
     terminal_states_of,
     unreachable,
 )
@@ -227,18 +232,63 @@ def cmd_archive(config: Config, args: argparse.Namespace) -> int:
         path, moved = archive_finished(store, terminal, before, Path(args.dir))
     except OSError as exc:
         raise unreachable(f"cannot write the archive in {args.dir}: {exc}") from None
-    tasks = 0
+    archived: list[tuple[str, str]] = []
     if path is not None:
         resolved = str(path.resolve())
         for agent, task_id in store.tasks():
             head = store.head(agent, task_id)
             if head is not None and head.archive_file == resolved:
-                tasks += 1
+                archived.append((agent, task_id))
+    tasks = len(archived)
     config.note(f"done: {moved} event(s) of {tasks} task(s) moved")
+    reduced = reduce_restate_records(config, archived, str(path.resolve())) if path is not None else None
+    if reduced is not None:
+        config.note(
+            f"Restate records reduced to summaries: {reduced['tasks']} task(s), "
+            f"{reduced['bytes_before']} -> {reduced['bytes_after']} bytes"
+        )
     if config.json:
-        config.emit({"file": str(path) if path else None, "events": moved, "tasks": tasks})
+        config.emit(
+            {"file": str(path) if path else None, "events": moved, "tasks": tasks, "restate_records": reduced}
+        )
     elif path is None:
         config.line("nothing to archive")
     else:
         config.line(f"{path}: {moved} event(s) of {tasks} task(s)")
     return EXIT_OK
+
+
+def reduce_restate_records(config: Config, tasks: list[tuple[str, str]], archive_file: str) -> dict[str, int]:
+    """Replace each archived task's Restate state (its whole record) with its summary, through the
+    admin API; a task with an invocation still open is left alone. Counts and bytes, for the report."""
+    from app.runtime.engine import SUMMARY_KEY, TASK_KEY, TaskSummary
+
+    done = before = after = 0
+    with http_client() as client:
+        for agent, task_id in tasks:
+            where = f"service_name = {sql_literal(agent)} and service_key = {sql_literal(task_id)}"
+            busy = admin_query(
+                client,
+                config,
+                "select id from sys_invocation where status != 'completed' "
+                f"and target_service_name = {sql_literal(agent)} "
+                f"and target_service_key = {sql_literal(task_id)}",
+            )
+            rows = {
+                row["key"]: row
+                for row in admin_query(client, config, f"select key, value_utf8 from state where {where}")
+            }
+            if busy or TASK_KEY not in rows:
+                continue
+            summary = TaskSummary.of(json.loads(rows[TASK_KEY]["value_utf8"]), archive_file)
+            encoded = summary.model_dump_json().encode()
+            url = f"{config.admin_url.rstrip('/')}/services/{quote(agent, safe='')}/state"
+            response = _request(
+                client, "POST", url, json={"object_key": task_id, "new_state": {SUMMARY_KEY: list(encoded)}}
+            )
+            if response.status_code >= 300:
+                raise unreachable(f"reducing {agent}/{task_id}: Restate answered {response.status_code}")
+            done += 1
+            before += sum(len(str(row["value_utf8"]).encode()) for row in rows.values())
+            after += len(encoded)
+    return {"tasks": done, "bytes_before": before, "bytes_after": after}

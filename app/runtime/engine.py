@@ -40,6 +40,8 @@ from app.settings import get_settings
 log = logging.getLogger(__name__)
 
 TASK_KEY = "task"
+# What Restate keeps of a finished task once its events are archived (`agentctl archive`).
+SUMMARY_KEY = "summary"
 MAX_KEY_TASK_PART = 128
 # A task id goes into Idempotency-Key headers as it is only if it is made of these characters;
 # any other id (non-ASCII, spaces, very long) is represented there by its hash.
@@ -141,6 +143,64 @@ class StallView(BaseModel):
         )
 
 
+class TaskSummary(BaseModel):
+    """A finished, archived task reduced to what `status` and a repeated `run` need: its outcome,
+    approvals and where its full record went. The task record it replaces is gone from Restate."""
+
+    task_id: str
+    agent: str
+    model: str
+    input_hash: str
+    state: str
+    created_at: float
+    ended_at: float
+    result: dict[str, Any] | None = None
+    error: TaskError | None = None
+    approvals: list[ApprovalRecord] = Field(default_factory=list)
+    events: int
+    last_event_hash: str
+    archive_file: str
+
+    @classmethod
+    def of(cls, record: dict[str, Any], archive_file: str) -> TaskSummary:
+        """From a task record as Restate stores it (JSON), whatever the agent's data type."""
+        history = record.get("history") or [{"at": 0.0}]
+        return cls(
+            task_id=record["task_id"],
+            agent=record["agent"],
+            model=record.get("model", ""),
+            input_hash=record["input_hash"],
+            state=record["state"],
+            created_at=history[0]["at"],
+            ended_at=history[-1]["at"],
+            result=record.get("result"),
+            error=record.get("error"),
+            approvals=record.get("approvals") or [],
+            events=record.get("event_seq", 0),
+            last_event_hash=record.get("last_event_hash", GENESIS),
+            archive_file=archive_file,
+        )
+
+    def view(self) -> TaskView:
+        return TaskView(
+            task_id=self.task_id,
+            agent=self.agent,
+            state=self.state,
+            terminal=True,
+            model=self.model,
+            history=[
+                TransitionView(
+                    from_state=None, to_state="(archived)", at=_iso(self.created_at), note="created"
+                ),
+                TransitionView(from_state=None, to_state=self.state, at=_iso(self.ended_at), note="ended"),
+            ],
+            approvals=[ApprovalView.of(approval) for approval in self.approvals],
+            result=self.result,
+            error=self.error,
+            archived=self.archive_file,
+        )
+
+
 class TransitionView(BaseModel):
     from_state: str | None
     to_state: str
@@ -212,6 +272,8 @@ class TaskView(BaseModel):
     intrusions: list[GateIntrusion] = Field(default_factory=list)
     # Set while a step waits out an outage of a dependency (it is retried, never failed).
     stall: StallView | None = None
+    # For a finished task reduced to a summary: the archive file holding its events.
+    archived: str | None = None
     result: dict[str, Any] | None = None
     error: TaskError | None = None
     data: dict[str, Any] = Field(default_factory=dict)
@@ -456,6 +518,15 @@ class AgentEngine(Generic[D]):
         digest = input_hash(payload)
         record = await self.load(ctx)
         if record is None:
+            summary = await ctx.get(SUMMARY_KEY, type_hint=TaskSummary)
+            if summary is not None:
+                # Archived: the same input reports how it ended; other input is another task.
+                if summary.input_hash != digest:
+                    raise TerminalError(
+                        f"task {ctx.key()} already exists with a different input; use a new task id",
+                        status_code=409,
+                    )
+                return summary.view()
             refuse_bad_task_id(ctx.key())
             seed = await ctx.run_typed("task seed", new_task_seed, RunOptions(type_hint=TaskSeed))
             now = seed.at
@@ -697,6 +768,9 @@ class AgentEngine(Generic[D]):
     async def status(self, ctx: ObjectSharedContext) -> TaskView:
         record = await self.load(ctx)
         if record is None:
+            summary = await ctx.get(SUMMARY_KEY, type_hint=TaskSummary)
+            if summary is not None:
+                return summary.view()
             raise TerminalError(f"no {self.machine.name} task {ctx.key()}", status_code=404)
         view = view_of(record, self.machine)
         stall = await ctx.get(STALL_KEY, type_hint=Stall)

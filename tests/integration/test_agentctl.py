@@ -28,6 +28,7 @@ import pytest
 from app.cli.agentctl import main as agentctl_main
 from app.settings import get_settings
 from deploy.local import RESTATE_CLI_BIN, ROOT, Stack, running_stack, wait_until
+from tests.figures import record_figure
 from tests.integration.flows import HAPPY_PATH, new_task_id, wait_parked
 
 CLI = [sys.executable, "-m", "app.cli.agentctl"]
@@ -519,6 +520,8 @@ def test_archive_moves_finished_tasks_and_the_chain_still_verifies(tmp_path: Pat
         )
         wait_parked(own, parked)
         before = timeline_events(own, finished)
+        rows = own.sql(f"select key, value_length from state where service_key = '{finished}'")
+        state_keys_before = {finished: sum(int(row["value_length"]) for row in rows)}
 
         archive_dir = tmp_path / "archive"
         done = agentctl(own, "archive", "--older-than", "0s", "--dir", str(archive_dir))
@@ -526,6 +529,27 @@ def test_archive_moves_finished_tasks_and_the_chain_still_verifies(tmp_path: Pat
         [archived] = list(archive_dir.glob("events-*.jsonl.gz"))
         assert done.stdout.strip() == f"{archived}: {len(before)} event(s) of 1 task(s)"
         assert "archiving tasks finished before" in done.stderr and "done:" in done.stderr
+        assert "Restate records reduced to summaries: 1 task(s)" in done.stderr
+
+        # Restate keeps only the finished task's summary; status and a repeated run still answer.
+        def state_keys(task_id: str) -> dict[str, int]:
+            rows = own.sql(f"select key, value_length from state where service_key = '{task_id}'")
+            return {str(row["key"]): int(row["value_length"]) for row in rows}
+
+        wait_until(lambda: set(state_keys(finished)) == {"summary"}, timeout=30, what="the summary")
+        summary = own.status("AgentTask", finished)
+        assert summary["state"] == "COMPLETE" and summary["archived"] == str(archived.resolve())
+        assert summary["result"] == answer.json()["result"]
+        repeated = own.call("AgentTask", finished, "run", {"user_id": "u-1", "task": "Summarize my history"})
+        assert repeated.status_code == 200 and repeated.json()["archived"] == str(archived.resolve())
+        other = own.call("AgentTask", finished, "run", {"user_id": "u-2", "task": "Summarize my history"})
+        assert other.status_code == 409
+        assert set(state_keys(parked)) >= {"task"}  # the parked task is untouched
+        record_figure(
+            "storage per task in Restate",
+            f"a finished task's record {state_keys_before[finished]} bytes, its summary after archiving "
+            f"{state_keys(finished)['summary']} bytes",
+        )
 
         # The finished task's events left the database; the parked one's stayed.
         database = sqlite3.connect(tmp_path / "agents.db")
@@ -544,7 +568,7 @@ def test_archive_moves_finished_tasks_and_the_chain_still_verifies(tmp_path: Pat
         # The timeline still reads the archived task, from the archive.
         assert timeline_events(own, finished) == before
         again = agentctl(own, "archive", "--older-than", "0s", "--dir", str(archive_dir), "--json")
-        assert json.loads(again.stdout) == {"file": None, "events": 0, "tasks": 0}
+        assert json.loads(again.stdout) == {"file": None, "events": 0, "tasks": 0, "restate_records": None}
 
         # An edited event breaks its chain: verify names the first broken link and exits 6.
         database = sqlite3.connect(tmp_path / "agents.db")
