@@ -259,9 +259,10 @@ def cmd_archive(config: Config, args: argparse.Namespace) -> int:
 
 
 def reduce_restate_records(config: Config, tasks: list[tuple[str, str]], archive_file: str) -> dict[str, int]:
-    """Replace each archived task's Restate state (its whole record) with its summary, through the
-    admin API; a task with an invocation still open is left alone. Counts and bytes, for the report."""
-    from app.runtime.engine import SUMMARY_KEY, TASK_KEY, TaskSummary
+    """Replace each archived task's Restate state (its whole record) with its summary, under the
+    same key, through the admin API; a task with an invocation still open is left alone. Counts
+    and bytes, for the report."""
+    from app.runtime.engine import TASK_KEY, TaskSummary
 
     done = before = after = 0
     with http_client() as client:
@@ -280,11 +281,14 @@ def reduce_restate_records(config: Config, tasks: list[tuple[str, str]], archive
             }
             if busy or TASK_KEY not in rows:
                 continue
-            summary = TaskSummary.of(json.loads(rows[TASK_KEY]["value_utf8"]), archive_file)
+            record = json.loads(rows[TASK_KEY]["value_utf8"])
+            if "archive_file" in record:
+                continue  # reduced by an earlier archive run
+            summary = TaskSummary.of(record, archive_file)
             encoded = summary.model_dump_json().encode()
             url = f"{config.admin_url.rstrip('/')}/services/{quote(agent, safe='')}/state"
             response = _request(
-                client, "POST", url, json={"object_key": task_id, "new_state": {SUMMARY_KEY: list(encoded)}}
+                client, "POST", url, json={"object_key": task_id, "new_state": {TASK_KEY: list(encoded)}}
             )
             if response.status_code >= 300:
                 raise unreachable(f"reducing {agent}/{task_id}: Restate answered {response.status_code}")

@@ -24,6 +24,7 @@ from typing import Any, Generic, TypeVar
 import restate
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from restate import ObjectContext, ObjectSharedContext, RunOptions, TerminalError
+from restate.serde import BytesSerde
 
 from app.audit.event_log import GENESIS, Appended, EventDraft, new_event, store_for
 from app.gates.models import ApprovalRecord, ApprovalRequest, GateIntrusion, PendingApproval
@@ -40,8 +41,6 @@ from app.settings import get_settings
 log = logging.getLogger(__name__)
 
 TASK_KEY = "task"
-# What Restate keeps of a finished task once its events are archived (`agentctl archive`).
-SUMMARY_KEY = "summary"
 MAX_KEY_TASK_PART = 128
 # A task id goes into Idempotency-Key headers as it is only if it is made of these characters;
 # any other id (non-ASCII, spaces, very long) is represented there by its hash.
@@ -503,8 +502,16 @@ class AgentEngine(Generic[D]):
         self.approvals = approvals
         self.record_type: type[TaskRecord[D]] = TaskRecord[data_type]  # type: ignore[valid-type]
 
-    async def load(self, ctx: ObjectContext | ObjectSharedContext) -> TaskRecord[D] | None:
-        return await ctx.get(TASK_KEY, type_hint=self.record_type)
+    async def load(self, ctx: ObjectContext | ObjectSharedContext) -> TaskRecord[D] | TaskSummary | None:
+        """The task's record, or its summary once archived: both live under the one state key, so
+        reading it is one journal entry either way (the shape replays of older runs expect)."""
+        raw = await ctx.get(TASK_KEY, serde=BytesSerde())
+        if raw is None:
+            return None
+        value = json.loads(raw)
+        if isinstance(value, dict) and "archive_file" in value:
+            return TaskSummary.model_validate(value)
+        return self.record_type.model_validate(value)
 
     async def start_or_resume(self, ctx: ObjectContext, payload: BaseModel, initial_data: D) -> TaskView:
         """Create the task on first call, then drive it to a terminal state.
@@ -517,16 +524,15 @@ class AgentEngine(Generic[D]):
         log.info("%s/%s run: attempt started", self.machine.name, ctx.key())
         digest = input_hash(payload)
         record = await self.load(ctx)
+        if isinstance(record, TaskSummary):
+            # Archived: the same input reports how it ended; other input is another task.
+            if record.input_hash != digest:
+                raise TerminalError(
+                    f"task {ctx.key()} already exists with a different input; use a new task id",
+                    status_code=409,
+                )
+            return record.view()
         if record is None:
-            summary = await ctx.get(SUMMARY_KEY, type_hint=TaskSummary)
-            if summary is not None:
-                # Archived: the same input reports how it ended; other input is another task.
-                if summary.input_hash != digest:
-                    raise TerminalError(
-                        f"task {ctx.key()} already exists with a different input; use a new task id",
-                        status_code=409,
-                    )
-                return summary.view()
             refuse_bad_task_id(ctx.key())
             seed = await ctx.run_typed("task seed", new_task_seed, RunOptions(type_hint=TaskSeed))
             now = seed.at
@@ -767,10 +773,9 @@ class AgentEngine(Generic[D]):
 
     async def status(self, ctx: ObjectSharedContext) -> TaskView:
         record = await self.load(ctx)
+        if isinstance(record, TaskSummary):
+            return record.view()
         if record is None:
-            summary = await ctx.get(SUMMARY_KEY, type_hint=TaskSummary)
-            if summary is not None:
-                return summary.view()
             raise TerminalError(f"no {self.machine.name} task {ctx.key()}", status_code=404)
         view = view_of(record, self.machine)
         stall = await ctx.get(STALL_KEY, type_hint=Stall)
