@@ -200,21 +200,25 @@ def test_an_operator_resumes_a_stalled_task_before_its_next_round(outage_stack: 
     stack = outage_stack
     assert stack.tools is not None
     try:
-        # Round 5 waits 8 s before its retry: the resume must not wait for it.
+        # Round 5 waits 8 s before its retry. Resumed at once (the tool service still down), the
+        # retry happens now and fails: round 6 starts well before round 5's scheduled retry.
         task_id, stall = stalled_behind_down_tools(stack, "resume", rounds=5)
         shown = agentctl(stack, "status", "AgentTask", task_id)
         assert shown[0] == 0 and "stalled at" in shown[1] and "tool service unreachable" in shown[1]
+        code, out, err = agentctl(stack, "resume", "AgentTask", task_id)
+        assert code == 0 and "retried now" in out, err
+        sixth = wait_stalled(stack, task_id, rounds=6)["stall"]
+        assert sixth["since"] == stall["since"]
+        started = datetime.fromisoformat(sixth["next_retry_at"]).timestamp() - 16  # round 6 waits 16 s
+        assert started < datetime.fromisoformat(stall["next_retry_at"]).timestamp()
     finally:
         stack.tools.start()
+    # Back: resumed again, it completes now rather than after round 6's 16 s.
     code, out, err = agentctl(stack, "resume", "AgentTask", task_id)
     assert code == 0, err
-    assert "retried now" in out
     done = stack.wait_for_state("AgentTask", task_id, END, timeout=60)
     assert done["state"] == "COMPLETE", done["error"]
-    recorded = stalls_recorded(stack, task_id)
-    # Recovered (journaled time) before the retry the stall had scheduled.
-    next_retry = datetime.fromisoformat(stall["next_retry_at"]).timestamp()
-    assert recorded[-1]["until"] < next_retry
+    assert stalls_recorded(stack, task_id)[-1]["rounds"] == 6
     # Resuming a task that is not stalled is refused, and says why.
     again = agentctl(stack, "resume", "AgentTask", task_id)
     assert again[0] == 4 and "no run in progress" in again[2]
