@@ -9,51 +9,23 @@ them; every process a test starts is stopped by its PID.
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import sqlite3
 import subprocess
-import sys
 import threading
-from collections.abc import Iterator, Mapping
-from contextlib import redirect_stderr, redirect_stdout
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
-from unittest import mock
 
 import pytest
 
-from app.cli.agentctl import main as agentctl_main
-from app.settings import get_settings
-from deploy.local import RESTATE_CLI_BIN, ROOT, Stack, running_stack, wait_until
+from deploy.local import ROOT, Stack, running_stack, wait_until
 from tests.figures import record_figure
+from tests.integration.agentctl_runner import CLI, agentctl, cli_env
 from tests.integration.flows import HAPPY_PATH, new_task_id, wait_parked
 
-CLI = [sys.executable, "-m", "app.cli.agentctl"]
 TASK_TEXT = "open a ticket: agentctl test"
-
-
-def cli_env(stack: Stack) -> dict[str, str]:
-    return {**stack.service_env(), "APPROVALS_URL": stack.approvals_url}
-
-
-def agentctl(
-    stack: Stack, *args: str, env: Mapping[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """agentctl's `main` in this process, under the stack's environment only, output captured."""
-    out, err = io.StringIO(), io.StringIO()
-    environment = {**cli_env(stack), "AGENTCTL_RESTATE_CLI": str(RESTATE_CLI_BIN), **(env or {})}
-    with mock.patch.dict(os.environ, environment, clear=True), redirect_stdout(out), redirect_stderr(err):
-        get_settings.cache_clear()
-        try:
-            code = agentctl_main(list(args), out=out, err=err)
-        except SystemExit as exc:  # argparse's usage errors
-            code = exc.code if isinstance(exc.code, int) else 2
-        finally:
-            get_settings.cache_clear()
-    return subprocess.CompletedProcess([*CLI, *args], code, out.getvalue(), err.getvalue())
 
 
 def agentctl_process(stack: Stack, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:

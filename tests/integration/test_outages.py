@@ -3,7 +3,6 @@ than a step's quick retries, then back; every task completes and nothing is done
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -12,10 +11,10 @@ import httpx
 import pytest
 
 from app.audit.event_log import store_for
-from app.cli.agentctl import main as agentctl_main
 from deploy.local import Stack, running_stack, wait_until
 from tests.fakes.anthropic_api import FakeAnthropicAPI
 from tests.figures import record_figure
+from tests.integration.agentctl_runner import agentctl
 from tests.integration.conftest import sqlite_url
 from tests.integration.flows import END, new_task_id, start, wait_parked
 
@@ -168,20 +167,6 @@ def test_status_of_a_stalled_task_never_shows_its_nudge_id(outage_stack: Stack) 
     assert stack.wait_for_state("AgentTask", task_id, END, timeout=120)["state"] == "COMPLETE"
 
 
-def agentctl(stack: Stack, *args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    urls = [
-        "--ingress-url",
-        stack.ingress_url,
-        "--admin-url",
-        stack.admin_url,
-        "--database-url",
-        stack.database_url,
-    ]
-    code = agentctl_main([*args, *urls], out=out, err=err)
-    return code, out.getvalue(), err.getvalue()
-
-
 def stalled_behind_down_tools(stack: Stack, prefix: str, rounds: int) -> tuple[str, dict[str, Any]]:
     """A task approved while the tool service is down, stalled for `rounds` rounds (tools left down)."""
     assert stack.tools is not None
@@ -204,9 +189,13 @@ def test_an_operator_resumes_a_stalled_task_before_its_next_round(outage_stack: 
         # retry happens now and fails: round 6 starts well before round 5's scheduled retry.
         task_id, stall = stalled_behind_down_tools(stack, "resume", rounds=5)
         shown = agentctl(stack, "status", "AgentTask", task_id)
-        assert shown[0] == 0 and "stalled at" in shown[1] and "tool service unreachable" in shown[1]
-        code, out, err = agentctl(stack, "resume", "AgentTask", task_id)
-        assert code == 0 and "retried now" in out, err
+        assert (
+            shown.returncode == 0
+            and "stalled at" in shown.stdout
+            and "tool service unreachable" in shown.stdout
+        )
+        resumed = agentctl(stack, "resume", "AgentTask", task_id)
+        assert resumed.returncode == 0 and "retried now" in resumed.stdout, resumed.stderr
         sixth = wait_stalled(stack, task_id, rounds=6)["stall"]
         assert sixth["since"] == stall["since"]
         started = datetime.fromisoformat(sixth["next_retry_at"]).timestamp() - 16  # round 6 waits 16 s
@@ -214,14 +203,14 @@ def test_an_operator_resumes_a_stalled_task_before_its_next_round(outage_stack: 
     finally:
         stack.tools.start()
     # Back: resumed again, it completes now rather than after round 6's 16 s.
-    code, out, err = agentctl(stack, "resume", "AgentTask", task_id)
-    assert code == 0, err
+    resumed = agentctl(stack, "resume", "AgentTask", task_id)
+    assert resumed.returncode == 0, resumed.stderr
     done = stack.wait_for_state("AgentTask", task_id, END, timeout=60)
     assert done["state"] == "COMPLETE", done["error"]
     assert stalls_recorded(stack, task_id)[-1]["rounds"] == 6
     # Resuming a task that is not stalled is refused, and says why.
     again = agentctl(stack, "resume", "AgentTask", task_id)
-    assert again[0] == 4 and "no run in progress" in again[2]
+    assert again.returncode == 4 and "no run in progress" in again.stderr
 
 
 def test_an_operator_cancels_a_stalled_task_and_it_fails_with_the_reason(outage_stack: Stack) -> None:
@@ -229,13 +218,13 @@ def test_an_operator_cancels_a_stalled_task_and_it_fails_with_the_reason(outage_
     assert stack.tools is not None
     try:
         task_id, _ = stalled_behind_down_tools(stack, "cancel", rounds=2)
-        code, out, err = agentctl(stack, "cancel", "AgentTask", task_id)
-        assert code == 0 and "cancel sent" in out, err
+        cancelled = agentctl(stack, "cancel", "AgentTask", task_id)
+        assert cancelled.returncode == 0 and "cancel sent" in cancelled.stdout, cancelled.stderr
         done = stack.wait_for_state("AgentTask", task_id, END, timeout=60)
     finally:
         stack.tools.start()
     assert done["state"] == "FAILED"
     assert done["error"]["code"] == "cancelled" and done["error"]["message"] == "cancelled by an operator"
     assert done.get("stall") is None
-    assert agentctl(stack, "cancel", "AgentTask", task_id)[0] == 4
-    assert agentctl(stack, "cancel", "AgentTask", "no-such-task")[0] == 3
+    assert agentctl(stack, "cancel", "AgentTask", task_id).returncode == 4
+    assert agentctl(stack, "cancel", "AgentTask", "no-such-task").returncode == 3

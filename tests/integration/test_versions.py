@@ -4,18 +4,16 @@ once drained."""
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterator
-from contextlib import redirect_stderr, redirect_stdout
 from typing import Any
 
 import httpx
 import pytest
 
-from app.cli.agentctl import main as agentctl_main
 from deploy.local import Stack, running_stack
 from tests.figures import record_figure
+from tests.integration.agentctl_runner import agentctl
 from tests.integration.conftest import sqlite_url
 from tests.integration.flows import new_task_id, wait_parked
 
@@ -40,18 +38,10 @@ def v1_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield running
 
 
-def agentctl(stack: Stack, *args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    urls = ["--ingress-url", stack.ingress_url, "--admin-url", stack.admin_url]
-    with redirect_stdout(out), redirect_stderr(err):
-        code = agentctl_main([*args, *urls], out=out, err=err)
-    return code, out.getvalue(), err.getvalue()
-
-
 def listed(stack: Stack) -> list[dict[str, Any]]:
-    code, out, err = agentctl(stack, "deployments", "list", "--json")
-    assert code == 0, err
-    rows: list[dict[str, Any]] = json.loads(out)["deployments"]
+    done = agentctl(stack, "deployments", "list", "--json")
+    assert done.returncode == 0, done.stderr
+    rows: list[dict[str, Any]] = json.loads(done.stdout)["deployments"]
     return rows
 
 
@@ -93,8 +83,12 @@ def test_parked_tasks_finish_on_their_release_and_new_ones_start_on_the_next(v1_
         old = rows[v1["uri"].rstrip("/")]
         assert new["latest"] and not old["latest"] and old["held"] == {"Greeter": PARKED}
         # v1 still holds the parked tasks: removing it is refused, and says why.
-        code, _, err = agentctl(stack, "deployments", "remove", old["id"])
-        assert code == 4 and "not drained" in err and f"Greeter {PARKED}" in err
+        refused = agentctl(stack, "deployments", "remove", old["id"])
+        assert (
+            refused.returncode == 4
+            and "not drained" in refused.stderr
+            and f"Greeter {PARKED}" in refused.stderr
+        )
 
         for task_id in parked:
             assert stack.decide("Greeter", task_id, "approve").status_code == 200
@@ -113,11 +107,11 @@ def test_parked_tasks_finish_on_their_release_and_new_ones_start_on_the_next(v1_
         assert any("v2 stamp" in name for name in journal_names(stack, "Greeter", fresh))
 
         # Drained: v1 can go; the latest one cannot.
-        assert agentctl(stack, "deployments", "remove", new["id"])[0] == 4
-        code, out, err = agentctl(stack, "deployments", "remove", old["id"])
-        assert code == 0 and f"removed {old['id']}" in out, err
+        assert agentctl(stack, "deployments", "remove", new["id"]).returncode == 4
+        removed = agentctl(stack, "deployments", "remove", old["id"])
+        assert removed.returncode == 0 and f"removed {old['id']}" in removed.stdout, removed.stderr
         assert [row["id"] for row in listed(stack)] == [new["id"]]
-        assert agentctl(stack, "deployments", "remove", "dp_nosuch")[0] == 3
+        assert agentctl(stack, "deployments", "remove", "dp_nosuch").returncode == 3
         record_figure(
             "parked across a version change",
             f"{PARKED} tasks parked on v1, v2 registered (journals one step more): {PARKED} completed on v1,"
