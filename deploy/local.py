@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESTATE_SERVER_BIN = ROOT / "node_modules/@restatedev/restate-server-linux-x64/bin/restate-server"
 RESTATE_CLI_BIN = ROOT / "node_modules/@restatedev/restate-linux-x64/bin/restate"
 RESTATE_CONFIG = ROOT / "restate.toml"
+RESTATE_READY_SECONDS = 90.0
 
 
 class StackError(RuntimeError):
@@ -75,6 +76,11 @@ class ManagedProcess:
         return self.process.pid
 
     def start(self, timeout: float = 60.0) -> None:
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Spawn the process without waiting for it (see `wait_ready`)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
@@ -85,6 +91,9 @@ class ManagedProcess:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        assert self.process is not None, f"{self.name} was never launched"
         try:
             wait_until(self._ready_or_dead, timeout=timeout, what=f"{self.name} to become ready")
         except TimeoutError as exc:
@@ -246,9 +255,13 @@ class Stack:
         return env
 
     def start_restate(self) -> None:
+        self.restate = self._restate_process()
+        self.restate.start(timeout=RESTATE_READY_SECONDS)
+
+    def _restate_process(self) -> ManagedProcess:
         if not RESTATE_SERVER_BIN.exists():
             raise StackError(f"{RESTATE_SERVER_BIN} is missing: run `make install` (npm ci) first")
-        self.restate = ManagedProcess(
+        return ManagedProcess(
             name="restate-server",
             argv=[str(RESTATE_SERVER_BIN), "--config-file", str(RESTATE_CONFIG)],
             env=self.restate_env(),
@@ -258,27 +271,32 @@ class Stack:
             ),
             cwd=self.workdir,
         )
-        self.restate.start(timeout=90)
 
     def start_tools(self) -> None:
-        self.tools = ManagedProcess(
+        self.tools = self._tools_process()
+        self.tools.start()
+
+    def _tools_process(self) -> ManagedProcess:
+        return ManagedProcess(
             name="tool service",
             argv=[sys.executable, "-m", "tools"],
             env=self.service_env(),
             log_path=self.workdir / "logs/tools.log",
             ready=lambda: _http_ok(f"{self.tools_url}/health"),
         )
-        self.tools.start()
 
     def start_app(self) -> None:
-        self.app = ManagedProcess(
+        self.app = self._app_process()
+        self.app.start()
+
+    def _app_process(self) -> ManagedProcess:
+        return ManagedProcess(
             name="agent service",
             argv=[sys.executable, "-m", "app"],
             env=self.service_env(),
             log_path=self.workdir / "logs/app.log",
             ready=lambda: _port_open(self.app_port) and _http_ok(f"{self.approvals_url}/health"),
         )
-        self.app.start()
 
     def start_release(self, name: str, env: Mapping[str, str]) -> tuple[ManagedProcess, str]:
         """Another release of the agent service beside the running one, at its own endpoint (not
@@ -316,9 +334,15 @@ class Stack:
         # A fresh request-identity key pair per stack: the agent endpoint accepts only this server.
         self.identity_key_file, self.identity_public_key = request_identity.generate(self.workdir / "keys")
         try:
-            self.start_restate()
-            self.start_tools()
-            self.start_app()
+            # The three start side by side (none needs another to come up); registering needs all.
+            self.restate = self._restate_process()
+            self.tools = self._tools_process()
+            self.app = self._app_process()
+            for process in (self.restate, self.tools, self.app):
+                process.launch()
+            self.restate.wait_ready(RESTATE_READY_SECONDS)
+            self.tools.wait_ready()
+            self.app.wait_ready()
             self.register()
         except BaseException:
             self.stop()

@@ -12,9 +12,15 @@ END = {"COMPLETE", "FAILED"}
 HAPPY_PATH = ["INITIAL", "FETCH_CONTEXT", "ANALYZE", "PLAN", "WAIT_APPROVAL", "EXECUTE", "VERIFY", "COMPLETE"]
 
 
-# Every tool call is held in flight 1.5 s after its claim, so a crash can land inside one; a claim
-# abandoned by a killed attempt is taken over after 3 s, so a retry never waits long on it.
-SLOW_TOOLS_ENV = {"TOOLS_SIMULATED_LATENCY_MS": "1500", "IDEMPOTENCY_LEASE_SECONDS": "3"}
+def slow_tools_env(*tools: str) -> dict[str, str]:
+    """Calls of `tools` are held in flight 1.5 s after their claim, so a crash can land inside one
+    (the others run at full speed); a claim abandoned by a killed attempt is taken over after 3 s,
+    so a retry never waits long on it."""
+    return {
+        "TOOLS_SIMULATED_LATENCY_MS": "1500",
+        "TOOLS_SIMULATED_LATENCY_TOOLS": ",".join(tools),
+        "IDEMPOTENCY_LEASE_SECONDS": "3",
+    }
 
 
 def idempotency_status(stack: Stack, key: str) -> str | None:

@@ -16,9 +16,9 @@ from deploy.local import Stack, running_stack, wait_until
 from tests.fakes.anthropic_api import FakeAnthropicAPI
 from tests.integration.conftest import sqlite_url
 from tests.integration.flows import (
-    SLOW_TOOLS_ENV,
     assert_one_event_per_transition,
     idempotency_status,
+    slow_tools_env,
     start,
     tool_key,
     wait_parked,
@@ -48,7 +48,7 @@ def crash_stack(tmp_path_factory: pytest.TempPathFactory, fake_llm: FakeAnthropi
         "ANTHROPIC_API_KEY": "test-key",
         "ANTHROPIC_BASE_URL": fake_llm.url,
         "ANTHROPIC_MODEL": "claude-test",
-        **SLOW_TOOLS_ENV,
+        **slow_tools_env("create_ticket"),
     }
     with running_stack(workdir, sqlite_url(workdir), extra_env=env) as running:
         yield running

@@ -22,8 +22,8 @@ from tests.integration.conftest import sqlite_url
 from tests.integration.flows import END, idempotency_status, new_task_id, run_approved, wait_settled
 from tests.integration.private_postgres import PrivatePostgres, private_postgres
 
-# 100 tasks in flight in `make reliability`; 30 in `make test`, to keep it within its time budget.
-IN_FLIGHT = 100 if os.environ.get("RELIABILITY_FULL") == "1" else 30
+# 100 tasks in flight in `make reliability`; 20 in `make test`, to keep it within its time budget.
+IN_FLIGHT = 100 if os.environ.get("RELIABILITY_FULL") == "1" else 20
 
 RELIABILITY = {
     "check": (

@@ -11,9 +11,9 @@ from deploy.local import ManagedProcess, Stack, running_stack, wait_until
 from tests.integration.conftest import sqlite_url
 from tests.integration.flows import (
     END,
-    SLOW_TOOLS_ENV,
     assert_one_event_per_transition,
     idempotency_status,
+    slow_tools_env,
     tool_key,
 )
 from tests.integration.test_expense_report import postings, run_report, seeded
@@ -30,7 +30,7 @@ RELIABILITY = {
 @pytest.fixture(scope="module")
 def slow_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("expense-crash")
-    with running_stack(workdir, sqlite_url(workdir), extra_env=SLOW_TOOLS_ENV) as running:
+    with running_stack(workdir, sqlite_url(workdir), extra_env=slow_tools_env("record_expense")) as running:
         yield running
 
 

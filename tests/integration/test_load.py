@@ -1,6 +1,6 @@
 """Load: 500 tasks started concurrently (a mix of tasks that complete at once and tasks that park
 at their approval gate), all accounted for at the end: none lost, none duplicated. `make test`
-runs 50; `make reliability` (RELIABILITY_FULL=1) runs 500 and records the figures."""
+runs 30; `make reliability` (RELIABILITY_FULL=1) runs 500 and records the figures."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ RELIABILITY = {
     "check": "Load: tasks started concurrently, some parked at approvals, all accounted for",
     "injected": "500 concurrent task starts (half read-only, half parked at a gate, then approved)",
 }
-TASKS = 500 if os.environ.get("RELIABILITY_FULL") == "1" else 50
+TASKS = 500 if os.environ.get("RELIABILITY_FULL") == "1" else 30
 
 
 @pytest.fixture

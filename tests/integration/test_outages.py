@@ -26,11 +26,11 @@ RELIABILITY = {
     ),
 }
 
-# Two quick attempts per round and rounds from 0.5 s apart, doubling, so an outage of several rounds
+# Two quick attempts per round and rounds from 0.25 s apart, doubling, so an outage of several rounds
 # takes seconds (in production: a step kind's own quick retries, then 5 s doubling to 5 minutes).
 OUTAGE_ENV = {
     "STEP_MAX_QUICK_ATTEMPTS": "2",
-    "STALL_RETRY_INITIAL_SECONDS": "0.5",
+    "STALL_RETRY_INITIAL_SECONDS": "0.25",
     "STALL_RETRY_MAX_SECONDS": "30",
 }
 
@@ -111,7 +111,7 @@ def test_a_tool_service_outage_after_approval_stalls_and_completes_once_it_is_ba
     record_figure(
         "outage survived",
         f"tool service down after approval: stalled {outage:.1f} s over {recorded[0]['rounds']} retry rounds"
-        " (test backoff 0.5 s doubling; production 5 s doubling to 5 min, no limit), then completed once",
+        " (test backoff 0.25 s doubling; production 5 s doubling to 5 min, no limit), then completed once",
     )
 
 
@@ -185,7 +185,7 @@ def test_an_operator_resumes_a_stalled_task_before_its_next_round(outage_stack: 
     stack = outage_stack
     assert stack.tools is not None
     try:
-        # Round 5 waits 8 s before its retry. Resumed at once (the tool service still down), the
+        # Round 5 waits 4 s before its retry. Resumed at once (the tool service still down), the
         # retry happens now and fails: round 6 starts well before round 5's scheduled retry.
         task_id, stall = stalled_behind_down_tools(stack, "resume", rounds=5)
         shown = agentctl(stack, "status", "AgentTask", task_id)
@@ -198,11 +198,11 @@ def test_an_operator_resumes_a_stalled_task_before_its_next_round(outage_stack: 
         assert resumed.returncode == 0 and "retried now" in resumed.stdout, resumed.stderr
         sixth = wait_stalled(stack, task_id, rounds=6)["stall"]
         assert sixth["since"] == stall["since"]
-        started = datetime.fromisoformat(sixth["next_retry_at"]).timestamp() - 16  # round 6 waits 16 s
+        started = datetime.fromisoformat(sixth["next_retry_at"]).timestamp() - 8  # round 6 waits 8 s
         assert started < datetime.fromisoformat(stall["next_retry_at"]).timestamp()
     finally:
         stack.tools.start()
-    # Back: resumed again, it completes now rather than after round 6's 16 s.
+    # Back: resumed again, it completes now rather than after round 6's 8 s.
     resumed = agentctl(stack, "resume", "AgentTask", task_id)
     assert resumed.returncode == 0, resumed.stderr
     done = stack.wait_for_state("AgentTask", task_id, END, timeout=60)

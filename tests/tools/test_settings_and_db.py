@@ -35,6 +35,18 @@ def test_defaults(monkeypatch):
     assert database.is_absolute() and database.parts[-2:] == ("var", "agents.db")
 
 
+def test_the_latency_knob_slows_only_the_tools_it_names(monkeypatch):
+    monkeypatch.setenv("ENV", "development")
+    every = ToolsSettings(_env_file=None, TOOLS_SIMULATED_LATENCY_MS=1500)
+    assert every.simulated_latency_for("create_ticket") == every.simulated_latency_for("get_order") == 1.5
+    named = ToolsSettings(
+        _env_file=None, TOOLS_SIMULATED_LATENCY_MS=1500, TOOLS_SIMULATED_LATENCY_TOOLS=" record_expense, x"
+    )
+    assert named.simulated_latency_for("record_expense") == 1.5
+    assert named.simulated_latency_for("create_ticket") == 0.0
+    assert ToolsSettings(_env_file=None).simulated_latency_for("record_expense") == 0.0
+
+
 def test_environment_variables_are_read(monkeypatch):
     monkeypatch.setenv("ENV", "development")
     monkeypatch.setenv("TOOLS_PORT", "9191")

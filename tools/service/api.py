@@ -332,9 +332,9 @@ class _ToolService:
         if claim.taken_over:
             logger.warning("took over the expired claim on Idempotency-Key %r (%s)", key, tool.name)
 
-        if self.settings.tools_simulated_latency_ms:
+        if latency := self.settings.simulated_latency_for(tool.name):
             # Testing knob: the claim is committed, the effect not yet (see ToolsSettings).
-            await anyio.sleep(self.settings.tools_simulated_latency_ms / 1000)
+            await anyio.sleep(latency)
 
         prepared: object = None
         if tool.prepare is not None:

@@ -48,6 +48,9 @@ class ToolsSettings(BaseSettings):
     # in-flight claim and before executing the tool, so a test can observe a request in flight
     # (a concurrent duplicate gets 409) or kill the process between claim and effect.
     tools_simulated_latency_ms: int = Field(0, alias="TOOLS_SIMULATED_LATENCY_MS", ge=0)
+    # Which tools it slows, comma-separated (empty: every tool), so a crash test waits only where
+    # it kills.
+    tools_simulated_latency_tools_csv: str = Field("", alias="TOOLS_SIMULATED_LATENCY_TOOLS")
 
     # Request bodies above this size are refused with 413 before they are parsed.
     max_body_bytes: int = Field(1024 * 1024, alias="MAX_BODY_BYTES", gt=0)
@@ -127,6 +130,13 @@ class ToolsSettings(BaseSettings):
     @property
     def auto_approve_categories(self) -> list[str]:
         return [name.strip() for name in self.auto_approve_categories_csv.split(",") if name.strip()]
+
+    def simulated_latency_for(self, tool: str) -> float:
+        """Seconds the testing knob holds a call of `tool` between its claim and its effect."""
+        names = {name.strip() for name in self.tools_simulated_latency_tools_csv.split(",") if name.strip()}
+        if names and tool not in names:
+            return 0.0
+        return self.tools_simulated_latency_ms / 1000
 
 
 @lru_cache(maxsize=1)
