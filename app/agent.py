@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar
 
 import restate
 from pydantic import BaseModel
-from restate import ObjectContext, ObjectSharedContext
+from restate import ObjectContext, ObjectSharedContext, TerminalError
 from restate.serde import BytesSerde
 
 from app.gates.deciding import decide_with_proof
@@ -34,6 +34,7 @@ from app.runtime.engine import (
     parse_input,
 )
 from app.runtime.machine import Gate, Machine
+from app.runtime.refusals import RefusedStart, forget_refused_start
 
 __all__ = [
     "Agent",
@@ -89,8 +90,16 @@ def _virtual_object(agent: Agent[Any, Any]) -> restate.VirtualObject:
     @obj.handler(input_serde=BytesSerde())
     async def run(ctx: ObjectContext, raw: bytes) -> TaskView:
         """Start (or resume) the task keyed by this object and drive it to a terminal state."""
-        request = parse_input(raw, agent.input_type)
-        return await engine.start_or_resume(ctx, request, agent.start(request))
+        try:
+            try:
+                request = parse_input(raw, agent.input_type)
+            except TerminalError as bad:
+                raise RefusedStart(bad.message, status_code=bad.status_code) from None
+            return await engine.start_or_resume(ctx, request, agent.start(request))
+        except RefusedStart as refused:
+            # Refused before anything was written: not even its Idempotency-Key is kept.
+            forget_refused_start(ctx, agent.name, refused)
+            raise
 
     @obj.handler(kind="shared")
     async def status(ctx: ObjectSharedContext) -> TaskView:

@@ -9,6 +9,7 @@ import restate
 from app.agents import registered_agents
 from app.gates.arbiter import approval_gate
 from app.runtime.machine import Machine
+from app.runtime.refusals import refused_starts
 from app.settings import Settings
 
 
@@ -25,5 +26,6 @@ def create_restate_app(settings: Settings) -> Any:
     """
     services = [agent.virtual_object for agent in registered_agents().values()]
     return restate.app(
-        services=[*services, approval_gate], identity_keys=settings.restate_identity_public_keys or None
+        services=[*services, approval_gate, refused_starts],
+        identity_keys=settings.restate_identity_public_keys or None,
     )

@@ -164,8 +164,13 @@ def invocation_outcome(client: httpx.Client, config: Config, invocation_id: str)
 def settled_start(client: httpx.Client, config: Config, invocation_id: str, agent: str, task_id: str) -> int:
     """After a send: exit 4 if the run was refused, else 0 once it is under way (or still queued)."""
     deadline = time.monotonic() + START_SETTLE_SECONDS
+    seen = False
     while True:
         row = invocation_outcome(client, config, invocation_id)
+        if row is None and seen:
+            # Gone once seen: only a refused start is purged (app/runtime/refusals.py).
+            raise refused(f"run of {agent}/{task_id} refused (its outcome is already forgotten)")
+        seen = seen or row is not None
         status = (row or {}).get("status")
         if status == "completed":
             check_invocation_refused(client, config, invocation_id, agent, task_id)

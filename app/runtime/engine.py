@@ -34,6 +34,7 @@ from app.llm.port import InT, OutT
 from app.runtime import tool_client
 from app.runtime.faults import crash_if_planned
 from app.runtime.machine import IllegalTransition, Machine, transition
+from app.runtime.refusals import RefusedStart
 from app.runtime.stalls import STALL_KEY, Stall, StallPolicy, StallRecord, one_line_attempts, through_outages
 from app.runtime.tool_client import ToolResult
 from app.settings import get_settings
@@ -314,11 +315,11 @@ def new_task_seed() -> TaskSeed:
 def refuse_bad_task_id(task_id: str) -> None:
     """A task id that could not be worked on end to end is refused before anything is written."""
     if len(task_id) > MAX_TASK_ID_LENGTH:
-        raise TerminalError(
+        raise RefusedStart(
             f"invalid task id: at most {MAX_TASK_ID_LENGTH} characters, not {len(task_id)}", status_code=400
         )
     if not task_id.strip() or any(unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") for char in task_id):
-        raise TerminalError(
+        raise RefusedStart(
             "invalid task id: it must not be blank or contain control or format characters", status_code=400
         )
 
@@ -527,7 +528,7 @@ class AgentEngine(Generic[D]):
         if isinstance(record, TaskSummary):
             # Archived: the same input reports how it ended; other input is another task.
             if record.input_hash != digest:
-                raise TerminalError(
+                raise RefusedStart(
                     f"task {ctx.key()} already exists with a different input; use a new task id",
                     status_code=409,
                 )
@@ -558,7 +559,7 @@ class AgentEngine(Generic[D]):
             )
             ctx.set(TASK_KEY, record)
         elif record.input_hash != digest:
-            raise TerminalError(
+            raise RefusedStart(
                 f"task {ctx.key()} already exists with a different input; use a new task id",
                 status_code=409,
             )

@@ -31,7 +31,7 @@ from app.audit.event_log import store_for
 from app.gates import proof
 from app.gates.models import DecideInput
 from app.settings import DEV_OPERATOR_TOKEN, DEV_WEBHOOK_SECRET
-from deploy.local import Stack
+from deploy.local import Stack, wait_until
 from tests.integration.flows import END, new_task_id, wait_parked
 from tools.domains.expense.receipts import render_receipt
 
@@ -872,3 +872,31 @@ def test_bystanders_are_exactly_as_before_the_corpus(stack: Stack, bystanders: B
     assert rejected.status_code == 200, rejected.text
     ended = stack.wait_for_state("AgentTask", waiting.task_id, END)
     assert ended["state"] == "FAILED" and ended["error"]["code"] == "approval_rejected"
+
+
+def test_a_refused_first_send_never_burns_its_idempotency_key(any_stack: Stack) -> None:
+    """Straight to the ingress, the way a client script sends: `run/send` with an Idempotency-Key
+    and bad input. The sender can read the refusal for a moment; then it is forgotten, and the
+    corrected send under the same key starts the task (not "PreviouslyAccepted"). Every agent's
+    `run` is generated from one code path (app/agent.py), so one agent shows it."""
+    stack, agent = any_stack, "AgentTask"
+    task_id = new_task_id("resend")
+    key = f"start:{task_id}"
+    url = f"{stack.ingress_url}/{agent}/{task_id}/run/send"
+    bad = httpx.post(url, json={"user_id": "not a valid user"}, headers={"Idempotency-Key": key}, timeout=30)
+    assert bad.status_code == 202 and bad.json()["status"] == "Accepted", bad.text
+    invocation = bad.json()["invocationId"]
+
+    def outcome() -> list[dict[str, Any]]:
+        return stack.sql(f"select status, completion_failure from sys_invocation where id = '{invocation}'")
+
+    wait_until(lambda: [row["status"] for row in outcome()] != ["running"], timeout=30, what="the refusal")
+    kept = outcome()
+    assert kept == [] or "invalid input" in kept[0]["completion_failure"], kept
+    wait_until(lambda: outcome() == [], timeout=30, what="the refused start to be forgotten")
+    assert status_code_of(stack, agent, task_id) == 404
+
+    good = {"user_id": "u-1", "task": "Summarize my history"}
+    again = httpx.post(url, json=good, headers={"Idempotency-Key": key}, timeout=30)
+    assert again.status_code == 202 and again.json()["status"] == "Accepted", again.text
+    assert stack.wait_for_state(agent, task_id, END, timeout=90)["state"] == "COMPLETE"

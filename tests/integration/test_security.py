@@ -71,6 +71,15 @@ def test_the_arbiters_handlers_are_unreachable_from_the_ingress(stack: Stack) ->
         assert refused.status_code in (400, 403, 404), (handler, refused.status_code, refused.text)
     view = ingress(stack, f"/ApprovalGate/{key}/view")
     assert view.status_code in (400, 403, 404) and "sign_" not in view.text
+    # Nor can anyone have a task's invocation purged (app/runtime/refusals.py): only a refused `run`
+    # reaches the forgetter.
+    [run] = stack.sql(
+        "select id from sys_invocation where target_service_name = 'AgentTask' "
+        f"and target_service_key = '{task_id}' and target_handler_name = 'run'"
+    )
+    refusal = {"invocation_id": run["id"], "agent": "AgentTask", "task_id": task_id, "status_code": 400}
+    forget = ingress(stack, "/RefusedStarts/forget", {**refusal, "reason": "mallory"})
+    assert forget.status_code in (400, 403, 404), (forget.status_code, forget.text)
     # Escalating to mallory through the ingress was the first reproduction: mallory still may not.
     mallory = stack.decide("AgentTask", task_id, "approve", approver="mallory")
     assert mallory.status_code == 403
