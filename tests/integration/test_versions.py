@@ -6,23 +6,28 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from deploy.local import Stack, running_stack
+from app.audit.event_log import store_for, verify_store
+from deploy.local import Stack, running_stack, wait_until
 from tests.figures import record_figure
 from tests.integration.agentctl_runner import agentctl
 from tests.integration.conftest import sqlite_url
-from tests.integration.flows import new_task_id, wait_parked
+from tests.integration.flows import assert_one_event_per_transition, new_task_id, wait_parked
 
 RELIABILITY = {
     "check": (
         "Versioned deployments: parked tasks finish on the release that started them; a release is"
-        " removable only once drained"
+        " removable only once drained; an in-place deploy that rewords a note forks nothing"
     ),
-    "injected": "20 tasks parked on v1, then a v2 registered whose machine journals differently",
+    "injected": (
+        "20 tasks parked on v1, then a v2 registered whose machine journals differently; a release that"
+        " rewords a note deployed in place over 3 parked tasks, then rolled back"
+    ),
 }
 
 PARKED = 20
@@ -119,3 +124,69 @@ def test_parked_tasks_finish_on_their_release_and_new_ones_start_on_the_next(v1_
         )
     finally:
         v2.stop()
+
+
+@pytest.fixture
+def in_place_stack(tmp_path: Path) -> Iterator[Stack]:
+    """A stack of its own: the test above leaves the module's stack on another release."""
+    with running_stack(tmp_path, sqlite_url(tmp_path), extra_env=THROWAWAY) as running:
+        yield running
+
+
+def test_a_release_deployed_in_place_that_rewords_a_note_forks_nothing_and_rolls_back(
+    in_place_stack: Stack,
+) -> None:
+    """The upgrade versioned deployments exist to avoid: new code on the same endpoint over parked
+    tasks, wording an earlier transition's note differently. Replaying a parked task there does not
+    match its journal (the task record it wrote held the old note), so Restate refuses the replay
+    before anything is written: the chain does not fork, and no event is added or changed. Rolled
+    back to the release that started them, the same tasks go on and complete."""
+    stack = in_place_stack
+    assert stack.app is not None
+    task_ids = [new_task_id("reword") for _ in range(3)]
+    for task_id in task_ids:
+        stack.send("Greeter", task_id, "run", {"name": "Ada"})
+    for task_id in task_ids:
+        wait_parked(stack, task_id, agent="Greeter")
+    store = store_for(stack.database_url)
+
+    def logged() -> dict[str, list[str]]:
+        return {t: [e.hash for e in store.events("Greeter", t)] for t in task_ids}
+
+    before = logged()
+    original = dict(stack.extra_env)
+    stack.app.stop()
+    stack.extra_env = {**original, "GREETER_NOTES": "reworded"}
+    stack.start_app()
+    try:
+        for task_id in task_ids:
+            assert stack.decide("Greeter", task_id, "approve").status_code == 200
+        wait_until(
+            lambda: all(f'"task_id":"{t}"' in refused_replays(stack) for t in task_ids),
+            timeout=60,
+            what="every replay on the reworded release to be refused",
+        )
+        assert {stack.status("Greeter", t)["state"] for t in task_ids} == {"REVIEW"}
+        assert logged() == before
+        assert verify_store(store).ok
+    finally:
+        # Roll back: the release that started them.
+        stack.app.stop()
+        stack.extra_env = original
+        stack.start_app()
+    views = [stack.wait_for_state("Greeter", t, ENDED, timeout=60) for t in task_ids]
+    assert {v["state"] for v in views} == {"SENT"}, [v["error"] for v in views]
+    for task_id, view in zip(task_ids, views, strict=True):
+        assert_one_event_per_transition(stack, "Greeter", task_id, view)
+        assert [e.hash for e in store.events("Greeter", task_id)][: len(before[task_id])] == before[task_id]
+    assert verify_store(store).ok
+    verified = agentctl(stack, "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def refused_replays(stack: Stack) -> str:
+    """What the agent service logged of the replays Restate's SDK refused: the journaled value and
+    the new one of each mismatch (both name the task)."""
+    assert stack.app is not None
+    log = stack.app.log_path.read_text(errors="replace")
+    return "\n".join(part for part in log.split("Found a mismatch")[1:])

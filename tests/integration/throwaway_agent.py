@@ -3,7 +3,8 @@
 The test stacks register it through `AGENT_MODULES`: nothing outside this file names it, which is
 the proof that writing an agent needs no edit anywhere else. It asks its one LLM task for a
 greeting, waits for a human at a gate, and ends. `GREETER_VARIANT=v2` is the next release of it, whose
-SEND journals one step more (tests/integration/test_versions.py runs both releases side by side).
+SEND journals one step more (tests/integration/test_versions.py runs both releases side by side);
+`GREETER_NOTES=reworded` words its notes differently (deployed in place over parked tasks).
 """
 
 from __future__ import annotations
@@ -45,19 +46,22 @@ GREET: LlmTask[GreetingRequest, Greeting] = LlmTask(
 )
 
 
+# Read once, at import: a release is fixed for the life of its process.
+VARIANT = os.environ.get("GREETER_VARIANT", "v1")
+# A release that words its notes differently (test_versions.py deploys it in place).
+REWORDED = os.environ.get("GREETER_NOTES") == "reworded"
+
+
 async def compose(step: StepContext[GreeterData]) -> Next:
     step.data.greeting = (await step.llm(GREET, GreetingRequest(name=step.data.name))).text
-    return Next(target="REVIEW", note=step.data.greeting)
+    note = f"composed for {step.data.name}: {step.data.greeting}" if REWORDED else step.data.greeting
+    return Next(target="REVIEW", note=note)
 
 
 def review(step: StepContext[GreeterData]) -> ApprovalRequest:
     return ApprovalRequest(
         summary=f"Send the greeting {step.data.greeting!r}?", details={"to": step.data.name}
     )
-
-
-# Read once, at import: a release is fixed for the life of its process.
-VARIANT = os.environ.get("GREETER_VARIANT", "v1")
 
 
 class Stamp(BaseModel):
