@@ -72,7 +72,7 @@ RELIABILITY_TESTS := tests/integration/test_replay_determinism.py tests/integrat
 	tests/integration/test_parked_tasks.py tests/integration/test_approvals.py tests/integration/test_engine.py \
 	tests/integration/test_crash_matrix.py tests/integration/test_journal_guard.py \
 	tests/integration/test_dependency_faults.py tests/integration/test_load.py tests/integration/test_security.py \
-	tests/integration/test_outages.py tests/integration/test_versions.py
+	tests/integration/test_outages.py tests/integration/test_versions.py tests/integration/test_storage.py
 # `python -m pytest` puts the checkout on sys.path, so the report plugin (tests/) can be loaded.
 reliability: install test-deps
 	RELIABILITY_FULL=1 $(BIN)/python -m pytest -p tests.reliability_report $(RELIABILITY_TESTS) $(PYTEST_ARGS)

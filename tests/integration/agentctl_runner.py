@@ -4,11 +4,13 @@ codes as the installed command, a second less per call than a new interpreter.""
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
 from collections.abc import Mapping
 from contextlib import redirect_stderr, redirect_stdout
+from typing import Any
 from unittest import mock
 
 from app.cli.agentctl import main as agentctl_main
@@ -38,3 +40,10 @@ def agentctl(
         finally:
             get_settings.cache_clear()
     return subprocess.CompletedProcess([*CLI, *args], code, out.getvalue(), err.getvalue())
+
+
+def timeline_events(stack: Stack, task_id: str) -> list[dict[str, Any]]:
+    done = agentctl(stack, "timeline", "AgentTask", task_id, "--json")
+    assert done.returncode == 0, done.stderr
+    events: list[dict[str, Any]] = json.loads(done.stdout)
+    return events

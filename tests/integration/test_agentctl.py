@@ -10,7 +10,6 @@ them; every process a test starts is stopped by its PID.
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -20,9 +19,8 @@ from typing import IO, Any
 
 import pytest
 
-from deploy.local import ROOT, Stack, running_stack, wait_until
-from tests.figures import record_figure
-from tests.integration.agentctl_runner import CLI, agentctl, cli_env
+from deploy.local import ROOT, Stack, wait_until
+from tests.integration.agentctl_runner import CLI, agentctl, cli_env, timeline_events
 from tests.integration.flows import HAPPY_PATH, new_task_id, wait_parked
 
 TASK_TEXT = "open a ticket: agentctl test"
@@ -378,13 +376,6 @@ def test_start_refuses_input_given_two_ways_or_not_json(stack: Stack) -> None:
 # --- the event log -----------------------------------------------------------------------------
 
 
-def timeline_events(stack: Stack, task_id: str) -> list[dict[str, Any]]:
-    done = agentctl(stack, "timeline", "AgentTask", task_id, "--json")
-    assert done.returncode == 0, done.stderr
-    events: list[dict[str, Any]] = json.loads(done.stdout)
-    return events
-
-
 def test_timeline_lists_the_events_in_order(stack: Stack, approved: Approved) -> None:
     events = timeline_events(stack, approved.task_id)
     assert [e["seq"] for e in events] == list(range(1, len(HAPPY_PATH) + 1))
@@ -475,90 +466,3 @@ def test_diagram_prints_the_state_diagram(stack: Stack) -> None:
     assert done.returncode == 0
     assert done.stdout.startswith("stateDiagram-v2\n")
     assert "    WAIT_APPROVAL --> RECORD : approve" in done.stdout
-
-
-# --- archiving, on a stack of its own (it moves every finished task of its database) ------------
-
-
-def test_archive_moves_finished_tasks_and_the_chain_still_verifies(tmp_path: Path) -> None:
-    with running_stack(tmp_path / "stack", f"sqlite:///{tmp_path / 'agents.db'}") as own:
-        finished = new_task_id("done")
-        answer = own.call("AgentTask", finished, "run", {"user_id": "u-1", "task": "Summarize my history"})
-        assert answer.status_code == 200, answer.text
-        parked = new_task_id("parked")
-        assert (
-            agentctl(own, "start", "AgentTask", parked, "--user-id", "u-1", "--task", TASK_TEXT).returncode
-            == 0
-        )
-        wait_parked(own, parked)
-        before = timeline_events(own, finished)
-        rows = own.sql(f"select key, value_length from state where service_key = '{finished}'")
-        state_keys_before = {finished: sum(int(row["value_length"]) for row in rows)}
-
-        archive_dir = tmp_path / "archive"
-        done = agentctl(own, "archive", "--older-than", "0s", "--dir", str(archive_dir))
-        assert done.returncode == 0, done.stderr
-        [archived] = list(archive_dir.glob("events-*.jsonl.gz"))
-        assert done.stdout.strip() == f"{archived}: {len(before)} event(s) of 1 task(s)"
-        assert "archiving tasks finished before" in done.stderr and "done:" in done.stderr
-        assert "Restate records reduced to summaries: 1 task(s)" in done.stderr
-
-        # Restate keeps only the finished task's summary; status and a repeated run still answer.
-        def state_keys(task_id: str) -> dict[str, int]:
-            rows = own.sql(f"select key, value_length from state where service_key = '{task_id}'")
-            return {str(row["key"]): int(row["value_length"]) for row in rows}
-
-        wait_until(
-            lambda: "archived" in str(own.status("AgentTask", finished)), timeout=30, what="the summary"
-        )
-        assert set(state_keys(finished)) == {"task"}
-        summary = own.status("AgentTask", finished)
-        assert summary["state"] == "COMPLETE" and summary["archived"] == str(archived.resolve())
-        assert summary["result"] == answer.json()["result"]
-        repeated = own.call("AgentTask", finished, "run", {"user_id": "u-1", "task": "Summarize my history"})
-        assert repeated.status_code == 200 and repeated.json()["archived"] == str(archived.resolve())
-        other = own.call("AgentTask", finished, "run", {"user_id": "u-2", "task": "Summarize my history"})
-        assert other.status_code == 409
-        assert set(state_keys(parked)) >= {"task"}  # the parked task is untouched
-        record_figure(
-            "storage per task in Restate",
-            f"a finished task's record {state_keys_before[finished]} bytes, its summary after archiving "
-            f"{state_keys(finished)['task']} bytes",
-        )
-
-        # The finished task's events left the database; the parked one's stayed.
-        database = sqlite3.connect(tmp_path / "agents.db")
-        try:
-            kept = dict(
-                database.execute("select task_id, count(*) from task_events group by task_id").fetchall()
-            )
-        finally:
-            database.close()
-        assert finished not in kept and kept[parked] == 5
-
-        verified = agentctl(own, "verify", "--json")
-        assert verified.returncode == 0, verified.stdout
-        report = json.loads(verified.stdout)
-        assert report["ok"] is True and report["tasks"] == 2 and report["events"] == len(before) + 5
-        # The timeline still reads the archived task, from the archive.
-        assert timeline_events(own, finished) == before
-        again = agentctl(own, "archive", "--older-than", "0s", "--dir", str(archive_dir), "--json")
-        assert json.loads(again.stdout) == {"file": None, "events": 0, "tasks": 0, "restate_records": None}
-
-        # An edited event breaks its chain: verify names the first broken link and exits 6.
-        database = sqlite3.connect(tmp_path / "agents.db")
-        try:
-            with database:
-                database.execute(
-                    'update task_events set payload = \'{"note": "edited"}\' where task_id = ? and seq = 3',
-                    (parked,),
-                )
-        finally:
-            database.close()
-        broken = agentctl(own, "verify")
-        assert broken.returncode == 6, broken.stdout + broken.stderr
-        assert f"BROKEN AgentTask/{parked} at event 3: content does not match its hash" in broken.stdout
-
-        # Release the parked task, so the agent service holds no waiting invocation when it stops.
-        assert agentctl(own, "reject", "AgentTask", parked, "--approver", "ops-lead").returncode == 0
-        own.wait_for_state("AgentTask", parked, {"FAILED"})
