@@ -8,7 +8,7 @@ PY_STAMP := $(VENV)/.installed
 NPM_STAMP := node_modules/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install runtime-deps test-deps test reliability lint format unit integration demo diagram clean
+.PHONY: install runtime-deps test-deps test reliability bench lint format unit integration demo diagram clean
 
 install: $(PY_STAMP) $(NPM_STAMP) runtime-deps
 
@@ -45,7 +45,7 @@ test-deps:
 lint: $(PY_STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/mypy app tools deploy tests common
+	$(BIN)/mypy app tools deploy tests common bench
 	$(BIN)/lint-imports --no-cache
 
 format: $(PY_STAMP)
@@ -76,6 +76,11 @@ RELIABILITY_TESTS := tests/integration/test_replay_determinism.py tests/integrat
 # `python -m pytest` puts the checkout on sys.path, so the report plugin (tests/) can be loaded.
 reliability: install test-deps
 	RELIABILITY_FULL=1 $(BIN)/python -m pytest -p tests.reliability_report $(RELIABILITY_TESTS) $(PYTEST_ARGS)
+
+# What durability costs, against the engine's floor in the same run: bench/results.json and
+# docs/performance.md (both generated). `make test` runs its smoke (tests/bench/).
+bench: install test-deps
+	$(BIN)/python -m bench
 
 demo: install
 	$(BIN)/python -m deploy.demo

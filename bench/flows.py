@@ -1,0 +1,186 @@
+"""The flows the benchmark drives, each the same shape: start, wait at the human step, approve the
+moment it waits, and wait for the end (attached to the run's invocation, so the end is seen as soon
+as Restate has it, not at the next poll)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from app.approvals.signature import signed_headers
+from deploy.local import Stack
+from tools.domains.expense.seed import SAMPLES
+from tools.service.money import format_amount
+
+POLL_SECONDS = 0.01
+TIMEOUT_SECONDS = 120.0
+
+
+class FlowError(RuntimeError):
+    """A flow did not end as the benchmark expects (it measures only flows that complete)."""
+
+
+_local = threading.local()
+
+
+def client() -> httpx.Client:
+    """One HTTP client per benchmark thread, so connections are reused and never shared."""
+    existing: httpx.Client | None = getattr(_local, "client", None)
+    if existing is None:
+        existing = httpx.Client(timeout=TIMEOUT_SECONDS)
+        _local.client = existing
+    return existing
+
+
+def _until(what: str, probe: Any) -> Any:
+    deadline = time.monotonic() + TIMEOUT_SECONDS
+    while True:
+        value = probe()
+        if value is not None:
+            return value
+        if time.monotonic() > deadline:
+            raise FlowError(f"timed out waiting for {what}")
+        time.sleep(POLL_SECONDS)
+
+
+@dataclass
+class Flow:
+    """One kind of flow against one stack. `service` is the Restate service the run belongs to."""
+
+    name: str
+    service: str
+    stack: Stack
+    _counter: int = field(default=0, repr=False)
+
+    def prepare(self, count: int) -> None:
+        """Create what `count` flows will need before the clock starts (nothing by default)."""
+
+    def body(self, index: int) -> dict[str, Any] | str:
+        raise NotImplementedError
+
+    def start(self, index: int) -> tuple[str, str]:
+        """Send the run; returns (key, invocation id)."""
+        key = f"bench-{uuid.uuid4().hex[:12]}"
+        url = f"{self.stack.ingress_url}/{self.service}/{key}/run/send"
+        answer = client().post(url, json=self.body(index))
+        if answer.status_code != 202:
+            raise FlowError(f"{self.name}: start answered {answer.status_code} {answer.text[:200]}")
+        return key, str(answer.json()["invocationId"])
+
+    def approve_when_waiting(self, key: str) -> float:
+        """Wait until the flow waits for its human, approve it; returns when the approval's 2xx came."""
+        raise NotImplementedError
+
+    def finish(self, invocation_id: str) -> None:
+        answer = client().get(f"{self.stack.ingress_url}/restate/attach/{invocation_id}")
+        if answer.status_code != 200:
+            raise FlowError(f"{self.name}: run ended {answer.status_code} {answer.text[:200]}")
+        self.check(answer.json())
+
+    def check(self, result: Any) -> None:
+        if isinstance(result, dict) and result.get("state") not in (None, "COMPLETE"):
+            raise FlowError(f"{self.name}: ended {result.get('state')}: {result.get('error')}")
+
+
+class FloorFlow(Flow):
+    def body(self, index: int) -> str:
+        return f"floor flow {index}"
+
+    def approve_when_waiting(self, key: str) -> float:
+        url = f"{self.stack.ingress_url}/{self.service}/{key}/waiting"
+
+        def awakeable() -> str | None:
+            found: str | None = client().post(url, json=None).json().get("awakeable_id")
+            return found
+
+        awakeable_id = _until(f"{key} to wait", awakeable)
+        resolved = client().post(
+            f"{self.stack.ingress_url}/restate/awakeables/{awakeable_id}/resolve", json="approve"
+        )
+        if resolved.status_code >= 300:
+            raise FlowError(f"floor: resolve answered {resolved.status_code} {resolved.text[:200]}")
+        return time.monotonic()
+
+
+class AgentFlow(Flow):
+    """Our agents: approved through the signed approval webhook, as a chat tool would."""
+
+    def approve_when_waiting(self, key: str) -> float:
+        status_url = f"{self.stack.ingress_url}/{self.service}/{key}/status"
+
+        def pending() -> dict[str, Any] | None:
+            view = client().post(status_url, json=None)
+            if view.status_code != 200:
+                return None
+            body = view.json()
+            if body["state"] in ("COMPLETE", "FAILED"):
+                raise FlowError(
+                    f"{self.name}: {key} ended {body['state']} before its approval: {body['error']}"
+                )
+            waiting: dict[str, Any] | None = body.get("pending_approval")
+            return waiting
+
+        waiting = _until(f"{key} to wait for approval", pending)
+        decision = {
+            "agent": self.service,
+            "task_id": key,
+            "decision": "approve",
+            "approver": waiting["approvers"][0],
+            "comment": "approved by the benchmark",
+            "approval_hash": waiting["approval_hash"],
+        }
+        body = json.dumps(decision).encode()
+        answer = client().post(
+            f"{self.stack.approvals_url}/webhooks/approval",
+            content=body,
+            headers={"content-type": "application/json", **signed_headers(self.stack.webhook_secret, body)},
+        )
+        if answer.status_code != 200:
+            raise FlowError(f"{self.name}: webhook answered {answer.status_code} {answer.text[:200]}")
+        return time.monotonic()
+
+
+class AgentTaskFlow(AgentFlow):
+    def body(self, index: int) -> dict[str, Any]:
+        return {"user_id": "u-1", "task": f"open a ticket: benchmark printer {index} is broken"}
+
+
+class ExpenseFlow(AgentFlow):
+    """The hotel stay of the demo's samples (over the auto-approval limit, so a human approves),
+    with its rendered receipt, which the tool service OCRs during the flow."""
+
+    expenses: list[str]
+
+    def prepare(self, count: int) -> None:
+        [hotel] = [sample for sample in SAMPLES if sample.label == "hotel-stay"]
+        receipt = hotel.receipt()
+        self.expenses = []
+        with httpx.Client(
+            base_url=self.stack.tools_url, timeout=120, headers=self.stack.expenses_auth
+        ) as http:
+            for _ in range(count):
+                stored = http.post(
+                    "/expenses",
+                    data={
+                        "employee_id": hotel.employee_id,
+                        "amount": format_amount(hotel.claimed_amount),
+                        "currency": hotel.currency,
+                        "date": hotel.date.isoformat(),
+                        "merchant": hotel.merchant,
+                        "description": hotel.description,
+                    },
+                    files={"receipt": ("hotel.png", receipt, "image/png")},
+                    headers={"Idempotency-Key": f"bench:{uuid.uuid4().hex}"},
+                )
+                if stored.status_code != 201:
+                    raise FlowError(f"POST /expenses answered {stored.status_code} {stored.text[:200]}")
+                self.expenses.append(str(stored.json()["expense_id"]))
+
+    def body(self, index: int) -> dict[str, Any]:
+        return {"expense_id": self.expenses.pop()}

@@ -1,0 +1,168 @@
+"""Measuring one flow kind on a running stack: throughput and approval latency at a concurrency,
+CPU per flow by process, the journal of one run, and memory with tasks parked."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from pydantic import BaseModel
+
+from bench.flows import Flow, FlowError, client
+from deploy.local import Stack
+
+TICKS = os.sysconf("SC_CLK_TCK")
+# Entries and bytes (DataFusion has no length of binary: its hex encoding is twice as long).
+JOURNAL_SIZE = "select count(*) as n, sum(length(encode(raw, 'hex'))) / 2 as b from sys_journal"
+
+
+class Level(BaseModel):
+    """One repeat of `flows` flows at `concurrency` in flight."""
+
+    concurrency: int
+    flows: int
+    seconds: float
+    flows_per_second: float
+    approval_to_complete_ms_p50: float
+    approval_to_complete_ms_p99: float
+    cpu_ms_per_flow: dict[str, float]
+
+
+class Journal(BaseModel):
+    """The journal of one completed run invocation (and of every invocation the flow made)."""
+
+    run_entries: int
+    run_bytes: int
+    flow_entries: int
+    flow_bytes: int
+    flow_invocations: int
+
+
+class Parked(BaseModel):
+    tasks: int
+    seconds_to_park: float
+    rss_mib_before: dict[str, float]
+    rss_mib_after: dict[str, float]
+
+
+def cpu_ms(pid: int) -> float:
+    """User + system CPU of a process and its reaped children (Tesseract runs as a child)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    utime, stime, cutime, cstime = (int(fields[i]) for i in (11, 12, 13, 14))
+    return (utime + stime + cutime + cstime) * 1000 / TICKS
+
+
+def rss_mib(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def processes(stack: Stack, extra: Mapping[str, int] | None = None) -> dict[str, int]:
+    assert stack.restate is not None and stack.app is not None and stack.tools is not None
+    found = {
+        "restate-server": stack.restate.pid,
+        "agent service": stack.app.pid,
+        "tool service": stack.tools.pid,
+    }
+    found.update(extra or {})
+    return found
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(share * (len(ordered) - 1))))]
+
+
+def one_flow(flow: Flow, index: int) -> float:
+    """Run one flow to its end; returns approval (2xx) → end in seconds."""
+    key, invocation = flow.start(index)
+    approved_at = flow.approve_when_waiting(key)
+    flow.finish(invocation)
+    return time.monotonic() - approved_at
+
+
+def run_level(flow: Flow, concurrency: int, flows: int, pids: Mapping[str, int]) -> Level:
+    flow.prepare(flows)
+    before = {name: cpu_ms(pid) for name, pid in pids.items()}
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        latencies = list(pool.map(lambda i: one_flow(flow, i), range(flows)))
+    seconds = time.monotonic() - started
+    after = {name: cpu_ms(pid) for name, pid in pids.items()}
+    return Level(
+        concurrency=concurrency,
+        flows=flows,
+        seconds=round(seconds, 3),
+        flows_per_second=round(flows / seconds, 2),
+        approval_to_complete_ms_p50=round(statistics.median(latencies) * 1000, 2),
+        approval_to_complete_ms_p99=round(percentile(latencies, 0.99) * 1000, 2),
+        cpu_ms_per_flow={name: round((after[name] - before[name]) / flows, 2) for name in pids},
+    )
+
+
+def journal_of_one_run(flow: Flow) -> Journal:
+    """Run one flow alone and read its journals from Restate's SQL introspection."""
+    flow.prepare(1)
+    key, invocation = flow.start(0)
+    flow.approve_when_waiting(key)
+    flow.finish(invocation)
+    stack = flow.stack
+    [run] = stack.sql(f"{JOURNAL_SIZE} where id = '{invocation}'")
+    # Every invocation of the flow: the run, its status polls, the gate's arbiter and the decision.
+    ids = stack.sql(
+        "select id from sys_invocation "
+        f"where target_service_key = '{key}' or target_service_key = '{flow.service}/{key}'"
+    )
+    listed = ", ".join(f"'{row['id']}'" for row in ids)
+    [every] = stack.sql(f"{JOURNAL_SIZE} where id in ({listed})")
+    return Journal(
+        run_entries=int(run["n"]),
+        run_bytes=int(run["b"] or 0),
+        flow_entries=int(every["n"]),
+        flow_bytes=int(every["b"] or 0),
+        flow_invocations=len(ids),
+    )
+
+
+def park(flow: Flow, tasks: int, pids: Mapping[str, int], concurrency: int = 32) -> Parked:
+    """Start `tasks` flows and leave each waiting for its human; memory before and after."""
+    before = {name: round(rss_mib(pid), 1) for name, pid in pids.items()}
+    flow.prepare(tasks)
+    started = time.monotonic()
+
+    def park_one(index: int) -> None:
+        key, _ = flow.start(index)
+        wait_parked(flow, key)
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        list(pool.map(park_one, range(tasks)))
+    seconds = time.monotonic() - started
+    # Read memory once Restate has suspended them (idle for the inactivity timeout): parked for real.
+    query = (
+        "select count(*) as n from sys_invocation where status = 'suspended' "
+        f"and target_service_name = '{flow.service}' and target_handler_name = 'run'"
+    )
+    deadline = time.monotonic() + 300
+    while int(flow.stack.sql(query)[0]["n"]) < tasks and time.monotonic() < deadline:
+        time.sleep(0.5)
+    after = {name: round(rss_mib(pid), 1) for name, pid in pids.items()}
+    return Parked(tasks=tasks, seconds_to_park=round(seconds, 1), rss_mib_before=before, rss_mib_after=after)
+
+
+def wait_parked(flow: Flow, key: str) -> None:
+    """Until the flow waits for its human (without approving it)."""
+    handler = "waiting" if flow.service == "BenchFloor" else "status"
+    url = f"{flow.stack.ingress_url}/{flow.service}/{key}/{handler}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        body: dict[str, Any] = client().post(url, json=None).json()
+        if body.get("awakeable_id") or body.get("pending_approval"):
+            return
+        time.sleep(0.05)
+    raise FlowError(f"{key} never parked")
