@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from tests.tools.calls import call_tool, derived
+from tools.domains.generic import tickets, users
 from tools.domains.generic.users import HISTORY_LIMIT
+from tools.service.registry import ToolRegistry
 
 
 def test_the_catalog_lists_every_tool_with_its_argument_schema(client):
@@ -124,3 +126,13 @@ def test_the_idempotency_record_shows_status_but_not_the_response_body(client):
     assert (record["status"], record["response_status"]) == ("done", 200)
     assert record["completed_at"] is not None
     assert "response_body" not in record and "claim_token" not in record
+
+
+def test_the_catalog_is_built_once_and_again_after_a_tool_is_registered():
+    registry = ToolRegistry(users.TOOLS)
+    first = registry.catalog()
+    assert registry.catalog() is first  # built once
+    assert "create_ticket" not in {tool["name"] for tool in first}
+    for tool in tickets.TOOLS:
+        registry.register(tool)
+    assert "create_ticket" in {tool["name"] for tool in registry.catalog()}

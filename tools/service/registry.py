@@ -31,6 +31,8 @@ class ToolRegistry:
         shared: Iterable[str] = (),
     ) -> None:
         self._tools: dict[str, Tool[Any, Any]] = {}
+        # Each agent's catalog, built once: the schemas cost more than the rest of a `GET /tools`.
+        self._catalogs: dict[str | None, list[dict[str, Any]]] = {}
         for tool in tools:
             self.register(tool)
         self._toolsets = {agent: frozenset(names) for agent, names in (toolsets or {}).items()}
@@ -45,6 +47,7 @@ class ToolRegistry:
         if tool.name in self._tools:
             raise ValueError(f"a tool named {tool.name!r} is already registered")
         self._tools[tool.name] = tool
+        self._catalogs.clear()
 
     def get(self, name: str) -> Tool[Any, Any] | None:
         return self._tools.get(name)
@@ -64,7 +67,14 @@ class ToolRegistry:
 
     def catalog(self, agent: str | None = None) -> list[dict[str, Any]]:
         """What `GET /tools` shows: enough for an agent (or a person) to call each tool; for an
-        agent, only its own toolset."""
+        agent, only its own toolset. Built once per agent (until a tool is registered) and shared:
+        callers must not change it."""
+        cached = self._catalogs.get(agent)
+        if cached is None:
+            cached = self._catalogs[agent] = self._build_catalog(agent)
+        return cached
+
+    def _build_catalog(self, agent: str | None) -> list[dict[str, Any]]:
         return [
             {
                 "name": tool.name,
