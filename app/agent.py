@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
 import restate
@@ -49,6 +50,8 @@ __all__ = [
 ]
 
 InputT = TypeVar("InputT", bound=BaseModel)
+# How long Restate answers a repeated status call (same Idempotency-Key) with the same answer.
+STATUS_RETENTION = timedelta(minutes=1)
 D = TypeVar("D", bound=BaseModel)
 
 
@@ -101,7 +104,9 @@ def _virtual_object(agent: Agent[Any, Any]) -> restate.VirtualObject:
             forget_refused_start(ctx, agent.name, refused)
             raise
 
-    @obj.handler(kind="shared")
+    # A read that clients poll: nothing of it is worth keeping (Restate would keep each call's
+    # answer and journal as long as the run's, days, under the key it gives a call without one).
+    @obj.handler(kind="shared", journal_retention=timedelta(0), idempotency_retention=STATUS_RETENTION)
     async def status(ctx: ObjectSharedContext) -> TaskView:
         """Where the task is now, its history, its approvals and how it ended; works while `run` waits."""
         return await engine.status(ctx)

@@ -325,6 +325,12 @@ def test_a_dispatcher_killed_after_sending_resends_the_same_message_once(
     inbox = mailbox[0]
     original = dict(stack.extra_env)
     assert stack.tools is not None
+    # The earlier tests' mail all sent first: the faulty service's one send must be this message.
+    wait_until(
+        lambda: all(n["status"] in ("sent", "dead") for n in notifications(stack)),
+        timeout=30,
+        what="the outbox to drain",
+    )
     stack.tools.stop()
     # The tool service exits right after its first send, before the row says "sent".
     stack.extra_env = {**original, "NOTIFY_FAULT_EXIT_AFTER_SEND": "1"}
