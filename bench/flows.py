@@ -8,8 +8,9 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -18,8 +19,13 @@ from deploy.local import Stack
 from tools.domains.expense.seed import SAMPLES
 from tools.service.money import format_amount
 
-POLL_SECONDS = 0.01
+# Waiting for the human step is polled, as an inbox would. The first poll comes at about the time
+# this kind of flow took to get there so far (a running estimate), then every 2 ms growing by half
+# up to 50 ms: a flow is seen soon after it waits, for a few status calls, not dozens.
+FIRST_POLL_SECONDS = 0.002
+MAX_POLL_SECONDS = 0.05
 TIMEOUT_SECONDS = 120.0
+T = TypeVar("T")
 
 
 class FlowError(RuntimeError):
@@ -38,17 +44,6 @@ def client() -> httpx.Client:
     return existing
 
 
-def _until(what: str, probe: Any) -> Any:
-    deadline = time.monotonic() + TIMEOUT_SECONDS
-    while True:
-        value = probe()
-        if value is not None:
-            return value
-        if time.monotonic() > deadline:
-            raise FlowError(f"timed out waiting for {what}")
-        time.sleep(POLL_SECONDS)
-
-
 @dataclass
 class Flow:
     """One kind of flow against one stack. `service` is the Restate service the run belongs to."""
@@ -56,7 +51,30 @@ class Flow:
     name: str
     service: str
     stack: Stack
-    _counter: int = field(default=0, repr=False)
+    # Seconds from start to the human step, a running estimate (see FIRST_POLL_SECONDS).
+    _to_wait: float = field(default=0.0, repr=False)
+    polls: int = field(default=0, repr=False)
+    started: dict[str, float] = field(default_factory=dict, repr=False)
+
+    def reset_estimate(self) -> None:
+        self._to_wait = 0.0
+
+    def until_waiting(self, key: str, probe: Callable[[], T | None]) -> T:
+        started = self.started.pop(key)
+        time.sleep(max(0.0, started + 0.8 * self._to_wait - time.monotonic()))
+        deadline = time.monotonic() + TIMEOUT_SECONDS
+        pause = FIRST_POLL_SECONDS
+        while True:
+            self.polls += 1
+            value = probe()
+            if value is not None:
+                took = time.monotonic() - started
+                self._to_wait = took if not self._to_wait else 0.8 * self._to_wait + 0.2 * took
+                return value
+            if time.monotonic() > deadline:
+                raise FlowError(f"timed out waiting for {key} to wait for its human")
+            time.sleep(pause)
+            pause = min(MAX_POLL_SECONDS, pause * 1.5)
 
     def prepare(self, count: int) -> None:
         """Create what `count` flows will need before the clock starts (nothing by default)."""
@@ -68,9 +86,11 @@ class Flow:
         """Send the run; returns (key, invocation id)."""
         key = f"bench-{uuid.uuid4().hex[:12]}"
         url = f"{self.stack.ingress_url}/{self.service}/{key}/run/send"
+        sent = time.monotonic()
         answer = client().post(url, json=self.body(index))
         if answer.status_code != 202:
             raise FlowError(f"{self.name}: start answered {answer.status_code} {answer.text[:200]}")
+        self.started[key] = sent
         return key, str(answer.json()["invocationId"])
 
     def approve_when_waiting(self, key: str) -> float:
@@ -99,7 +119,7 @@ class FloorFlow(Flow):
             found: str | None = client().post(url, json=None).json().get("awakeable_id")
             return found
 
-        awakeable_id = _until(f"{key} to wait", awakeable)
+        awakeable_id = self.until_waiting(key, awakeable)
         resolved = client().post(
             f"{self.stack.ingress_url}/restate/awakeables/{awakeable_id}/resolve", json="approve"
         )
@@ -126,7 +146,7 @@ class AgentFlow(Flow):
             waiting: dict[str, Any] | None = body.get("pending_approval")
             return waiting
 
-        waiting = _until(f"{key} to wait for approval", pending)
+        waiting = self.until_waiting(key, pending)
         decision = {
             "agent": self.service,
             "task_id": key,

@@ -8,14 +8,14 @@ import statistics
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from pydantic import BaseModel
 
-from bench.flows import Flow, FlowError, client
+from bench.flows import Flow, FlowError
 from deploy.local import Stack
 
 TICKS = os.sysconf("SC_CLK_TCK")
+PARK_TIMEOUT_SECONDS = 1200.0
 # Entries and bytes (DataFusion has no length of binary: its hex encoding is twice as long).
 JOURNAL_SIZE = "select count(*) as n, sum(length(encode(raw, 'hex'))) / 2 as b from sys_journal"
 
@@ -30,6 +30,8 @@ class Level(BaseModel):
     approval_to_complete_ms_p50: float
     approval_to_complete_ms_p99: float
     cpu_ms_per_flow: dict[str, float]
+    # Status calls the client made per flow to see it wait (the inbox's cost, not the engine's).
+    polls_per_flow: float
 
 
 class Journal(BaseModel):
@@ -89,7 +91,9 @@ def one_flow(flow: Flow, index: int) -> float:
 
 def run_level(flow: Flow, concurrency: int, flows: int, pids: Mapping[str, int]) -> Level:
     flow.prepare(flows)
+    flow.reset_estimate()  # another concurrency: another time to the human step
     before = {name: cpu_ms(pid) for name, pid in pids.items()}
+    polls = flow.polls
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         latencies = list(pool.map(lambda i: one_flow(flow, i), range(flows)))
@@ -103,6 +107,7 @@ def run_level(flow: Flow, concurrency: int, flows: int, pids: Mapping[str, int])
         approval_to_complete_ms_p50=round(statistics.median(latencies) * 1000, 2),
         approval_to_complete_ms_p99=round(percentile(latencies, 0.99) * 1000, 2),
         cpu_ms_per_flow={name: round((after[name] - before[name]) / flows, 2) for name in pids},
+        polls_per_flow=round((flow.polls - polls) / flows, 1),
     )
 
 
@@ -130,39 +135,23 @@ def journal_of_one_run(flow: Flow) -> Journal:
     )
 
 
-def park(flow: Flow, tasks: int, pids: Mapping[str, int], concurrency: int = 32) -> Parked:
-    """Start `tasks` flows and leave each waiting for its human; memory before and after."""
+def park(flow: Flow, tasks: int, pids: Mapping[str, int], concurrency: int = 16) -> Parked:
+    """Start `tasks` flows and leave each waiting for its human; memory before, and once Restate
+    has suspended every one of them (idle for the inactivity timeout: parked for real)."""
     before = {name: round(rss_mib(pid), 1) for name, pid in pids.items()}
     flow.prepare(tasks)
     started = time.monotonic()
-
-    def park_one(index: int) -> None:
-        key, _ = flow.start(index)
-        wait_parked(flow, key)
-
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        list(pool.map(park_one, range(tasks)))
-    seconds = time.monotonic() - started
-    # Read memory once Restate has suspended them (idle for the inactivity timeout): parked for real.
+        list(pool.map(flow.start, range(tasks)))
     query = (
         "select count(*) as n from sys_invocation where status = 'suspended' "
         f"and target_service_name = '{flow.service}' and target_handler_name = 'run'"
     )
-    deadline = time.monotonic() + 300
-    while int(flow.stack.sql(query)[0]["n"]) < tasks and time.monotonic() < deadline:
+    deadline = time.monotonic() + PARK_TIMEOUT_SECONDS
+    while int(flow.stack.sql(query)[0]["n"]) < tasks:
+        if time.monotonic() > deadline:
+            raise FlowError(f"{tasks} {flow.name} flows not all parked after {PARK_TIMEOUT_SECONDS:.0f} s")
         time.sleep(0.5)
+    seconds = time.monotonic() - started
     after = {name: round(rss_mib(pid), 1) for name, pid in pids.items()}
     return Parked(tasks=tasks, seconds_to_park=round(seconds, 1), rss_mib_before=before, rss_mib_after=after)
-
-
-def wait_parked(flow: Flow, key: str) -> None:
-    """Until the flow waits for its human (without approving it)."""
-    handler = "waiting" if flow.service == "BenchFloor" else "status"
-    url = f"{flow.stack.ingress_url}/{flow.service}/{key}/{handler}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        body: dict[str, Any] = client().post(url, json=None).json()
-        if body.get("awakeable_id") or body.get("pending_approval"):
-            return
-        time.sleep(0.05)
-    raise FlowError(f"{key} never parked")
