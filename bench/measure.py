@@ -135,23 +135,27 @@ def journal_of_one_run(flow: Flow) -> Journal:
     )
 
 
-def park(flow: Flow, tasks: int, pids: Mapping[str, int], concurrency: int = 16) -> Parked:
-    """Start `tasks` flows and leave each waiting for its human; memory before, and once Restate
-    has suspended every one of them (idle for the inactivity timeout: parked for real)."""
+def park(flow: Flow, tasks: int, pids: Mapping[str, int], batch: int = 100) -> Parked:
+    """Start `tasks` flows and leave each waiting for its human, `batch` at a time (more at once
+    only queue up behind each other); memory before, and once Restate has suspended every one of
+    them (idle for the inactivity timeout: parked for real)."""
     before = {name: round(rss_mib(pid), 1) for name, pid in pids.items()}
     flow.prepare(tasks)
-    started = time.monotonic()
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        list(pool.map(flow.start, range(tasks)))
     query = (
         "select count(*) as n from sys_invocation where status = 'suspended' "
         f"and target_service_name = '{flow.service}' and target_handler_name = 'run'"
     )
-    deadline = time.monotonic() + PARK_TIMEOUT_SECONDS
-    while int(flow.stack.sql(query)[0]["n"]) < tasks:
-        if time.monotonic() > deadline:
-            raise FlowError(f"{tasks} {flow.name} flows not all parked after {PARK_TIMEOUT_SECONDS:.0f} s")
-        time.sleep(0.5)
+    already = int(flow.stack.sql(query)[0]["n"])
+    started = time.monotonic()
+    deadline = started + PARK_TIMEOUT_SECONDS
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        for first in range(0, tasks, batch):
+            list(pool.map(flow.start, range(first, min(tasks, first + batch))))
+            wanted = already + min(tasks, first + batch)
+            while int(flow.stack.sql(query)[0]["n"]) < wanted:
+                if time.monotonic() > deadline:
+                    raise FlowError(f"{flow.name}: not all parked after {PARK_TIMEOUT_SECONDS:.0f} s")
+                time.sleep(0.2)
     seconds = time.monotonic() - started
     after = {name: round(rss_mib(pid), 1) for name, pid in pids.items()}
     return Parked(tasks=tasks, seconds_to_park=round(seconds, 1), rss_mib_before=before, rss_mib_after=after)
