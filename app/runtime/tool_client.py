@@ -92,8 +92,11 @@ def _client() -> httpx.AsyncClient:
             base_url=settings.tools_url,
             # The credential never enters the journal: it is added here, outside the step's arguments.
             headers={"authorization": f"Bearer {settings.tools_token}"},
-            timeout=httpx.Timeout(settings.tool_timeout_seconds, connect=5.0),
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+            # A call waiting for a free connection is queued here, not failed: under a burst (2,000
+            # tasks started at once) a pool timeout read as "unreachable" stalled tasks for minutes
+            # behind a tool service that was up. Connections are kept, not reopened per burst.
+            timeout=httpx.Timeout(settings.tool_timeout_seconds, connect=5.0, pool=None),
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=100),
         )
         _clients[loop_id] = client
     return client
