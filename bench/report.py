@@ -3,10 +3,13 @@ to the floor measured in that same run. Never edited by hand."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 FLOOR = "floor"
+# The record of what each optimisation bought (bench/optimisations.json), made from bench runs.
+OPTIMISATIONS = Path(__file__).resolve().parent / "optimisations.json"
 
 
 def best(repeats: list[dict[str, Any]]) -> dict[str, Any]:
@@ -148,7 +151,30 @@ def render(results: dict[str, Any]) -> str:
         if len(parked) > 2:
             lines += ["", "### Memory with tasks parked (suspended at their gate)", "", *parked]
     lines += ["", *distance(results, levels)]
+    if OPTIMISATIONS.exists():
+        lines += ["", *optimisations(json.loads(OPTIMISATIONS.read_text()))]
     return "\n".join(lines) + "\n"
+
+
+def optimisations(record: dict[str, Any]) -> list[str]:
+    """What each cut bought: the same bench code run at the commit before the cuts and after each."""
+    lines = [
+        "## What each cut bought",
+        "",
+        record["how"],
+        "",
+        "| after | commit | AgentTask flows/s | CPU ms per flow (restate / agent / tools) | p50 / p99 ms |"
+        " whole-flow journal: invocations, entries / bytes |",
+        "|---|---|---|---|---|---|",
+    ]
+    for step in record["steps"]:
+        lines.append(
+            f"| {step['change']} | `{step['commit']}` | {step['flows_per_second']:.1f} |"
+            f" {step['cpu_total']:.0f} ({step['cpu_restate']:.0f} / {step['cpu_agent']:.0f} /"
+            f" {step['cpu_tools']:.0f}) | {step['p50']:.0f} / {step['p99']:.0f} |"
+            f" {step['invocations']}, {step['entries']} / {step['bytes']:,} |"
+        )
+    return lines
 
 
 def distance(results: dict[str, Any], levels: list[str]) -> list[str]:
@@ -191,8 +217,6 @@ def write_report(results: dict[str, Any], target: Path) -> None:
 if __name__ == "__main__":
     # `python -m bench.report`: rewrite the report from the last run's results (after a change of
     # its wording), without running the benchmark again.
-    import json
-
     from deploy.local import ROOT
 
     write_report(json.loads((ROOT / "bench/results.json").read_text()), ROOT / "docs/performance.md")
