@@ -23,13 +23,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 from sqlalchemy import create_engine, text
 
 from bench.flows import AgentTaskFlow, ExpenseFlow, FloorFlow, Flow
 from bench.measure import journal_of_one_run, park, processes, run_level
 from bench.report import write_report
-from deploy.local import ROOT, ManagedProcess, Stack, free_port, running_stack
+from deploy.local import ROOT, running_stack
 
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 # Parked tasks are suspended after 1 s idle (not a minute), so their memory is read once they are.
@@ -79,38 +78,6 @@ def database(kind: str, workdir: Path) -> Iterator[str]:
         admin.dispose()
 
 
-@contextlib.contextmanager
-def floor_service(stack: Stack) -> Iterator[ManagedProcess]:
-    """The floor's service, served and registered beside ours on the same restate-server."""
-    port = free_port()
-    process = ManagedProcess(
-        name="floor service",
-        argv=[sys.executable, "-m", "bench.floor", str(port)],
-        env=stack.service_env(),
-        log_path=stack.workdir / "logs/floor.log",
-        ready=lambda: _port_open(port),
-    )
-    process.start()
-    try:
-        registered = httpx.post(
-            f"{stack.admin_url}/deployments",
-            json={"uri": f"http://127.0.0.1:{port}", "force": True},
-            timeout=30,
-        )
-        registered.raise_for_status()
-        yield process
-    finally:
-        process.stop()
-
-
-def _port_open(port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
 def measure_flow(flow: Flow, args: argparse.Namespace, pids: dict[str, int]) -> dict[str, Any]:
     say(f"  {flow.name}: warm-up")
     run_level(flow, 4, 8 if not args.smoke else 1, pids)
@@ -149,7 +116,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for kind in args.databases.split(","):
         say(f"{kind}:")
         with tempfile.TemporaryDirectory(prefix=f"bench-{kind}-") as tmp, database(kind, Path(tmp)) as url:
-            with running_stack(Path(tmp), url, extra_env=STACK_ENV) as stack, floor_service(stack) as floor:
+            with (
+                running_stack(Path(tmp), url, extra_env=STACK_ENV) as stack,
+                stack.serving("floor service", "bench.floor") as floor,
+            ):
                 # The benchmark's own client is measured too: what it costs is not the system's.
                 pids = processes(stack, {"floor service": floor.pid, "bench client": os.getpid()})
                 section: dict[str, Any] = {}

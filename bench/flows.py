@@ -16,8 +16,7 @@ import httpx
 
 from app.approvals.signature import signed_headers
 from deploy.local import Stack
-from tools.domains.expense.seed import SAMPLES
-from tools.service.money import format_amount
+from tools.domains.expense.seed import SAMPLES, submit_sample
 
 # Waiting for the human step is polled, as an inbox would. The first poll comes at about the time
 # this kind of flow took to get there so far (a running estimate), then every 2 ms growing by half
@@ -179,28 +178,13 @@ class ExpenseFlow(AgentFlow):
 
     def prepare(self, count: int) -> None:
         [hotel] = [sample for sample in SAMPLES if sample.label == "hotel-stay"]
-        receipt = hotel.receipt()
-        self.expenses = []
+        receipt = hotel.receipt()  # rendered once: every expense of the run attaches the same image
         with httpx.Client(
             base_url=self.stack.tools_url, timeout=120, headers=self.stack.expenses_auth
         ) as http:
-            for _ in range(count):
-                stored = http.post(
-                    "/expenses",
-                    data={
-                        "employee_id": hotel.employee_id,
-                        "amount": format_amount(hotel.claimed_amount),
-                        "currency": hotel.currency,
-                        "date": hotel.date.isoformat(),
-                        "merchant": hotel.merchant,
-                        "description": hotel.description,
-                    },
-                    files={"receipt": ("hotel.png", receipt, "image/png")},
-                    headers={"Idempotency-Key": f"bench:{uuid.uuid4().hex}"},
-                )
-                if stored.status_code != 201:
-                    raise FlowError(f"POST /expenses answered {stored.status_code} {stored.text[:200]}")
-                self.expenses.append(str(stored.json()["expense_id"]))
+            self.expenses = [
+                submit_sample(http, hotel, f"bench:{uuid.uuid4().hex}", receipt) for _ in range(count)
+            ]
 
     def body(self, index: int) -> dict[str, Any]:
         return {"expense_id": self.expenses.pop()}

@@ -317,6 +317,31 @@ class Stack:
         process.start()
         return process, f"http://127.0.0.1:{app_port}"
 
+    @contextlib.contextmanager
+    def serving(self, name: str, module: str) -> Iterator[ManagedProcess]:
+        """Another Restate service beside ours (`python -m MODULE PORT`, e.g. a test probe or the
+        benchmark's floor), registered on this stack's server while the block runs."""
+        port = free_port()
+        process = ManagedProcess(
+            name=name,
+            argv=[sys.executable, "-m", module, str(port)],
+            env=self.service_env(),
+            log_path=self.workdir / f"logs/{module}.log",
+            ready=lambda: _port_open(port),
+        )
+        process.start()
+        try:
+            registered = httpx.post(
+                f"{self.admin_url}/deployments",
+                json={"uri": f"http://127.0.0.1:{port}", "force": True},
+                timeout=30,
+            )
+            if registered.status_code >= 300:
+                raise StackError(f"registering {name} failed: {registered.status_code} {registered.text}")
+            yield process
+        finally:
+            process.stop()
+
     def register(self) -> dict[str, Any]:
         """Register (or re-register, with force) the agent service's deployment with Restate."""
         response = httpx.post(

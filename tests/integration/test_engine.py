@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 import uuid
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
-from deploy.local import ManagedProcess, Stack, free_port
+from deploy.local import Stack
 
 RELIABILITY = {
     "check": ("Engine: undeclared transitions and permanent step errors end in the declared failure state"),
@@ -19,25 +17,8 @@ RELIABILITY = {
 
 @pytest.fixture(scope="module")
 def probe(stack: Stack) -> Iterator[Stack]:
-    port = free_port()
-    process = ManagedProcess(
-        name="engine probe",
-        argv=[sys.executable, "-m", "tests.integration.probe_service", str(port)],
-        env=stack.service_env(),
-        log_path=stack.workdir / "logs/probe.log",
-        ready=lambda: httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code < 500,
-    )
-    process.start()
-    try:
-        registered = httpx.post(
-            f"{stack.admin_url}/deployments",
-            json={"uri": f"http://127.0.0.1:{port}", "force": True},
-            timeout=30,
-        )
-        assert registered.status_code < 300, registered.text
+    with stack.serving("engine probe", "tests.integration.probe_service"):
         yield stack
-    finally:
-        process.stop()
 
 
 def test_undeclared_transition_is_refused_and_recorded(probe: Stack) -> None:

@@ -146,6 +146,32 @@ class SeedError(Exception):
     """The service refused a sample."""
 
 
+def submit_sample(
+    client: httpx.Client, sample: SampleExpense, idempotency_key: str, receipt: bytes | None = None
+) -> str:
+    """Submit one sample as an employee would (`POST /expenses`, its rendered receipt attached, or
+    `receipt` if given); returns the stored expense's id."""
+    response = client.post(
+        "/expenses",
+        data={
+            "employee_id": sample.employee_id,
+            "amount": format_amount(sample.claimed_amount),
+            "currency": sample.currency,
+            "date": sample.date.isoformat(),
+            "merchant": sample.merchant,
+            "description": sample.description,
+        },
+        files={"receipt": (f"{sample.label}.png", receipt or sample.receipt(), "image/png")},
+        headers={"Idempotency-Key": idempotency_key},
+    )
+    if response.status_code not in (200, 201):
+        raise SeedError(
+            f"POST /expenses for {sample.label!r} answered {response.status_code}: {response.text}"
+        )
+    expense_id: str = response.json()["expense_id"]
+    return expense_id
+
+
 def seed_expenses(client: httpx.Client, batch: str = "") -> list[SeededExpense]:
     """Submit every sample through `client` (base URL: the tool service); idempotent per `batch`.
 
@@ -153,28 +179,10 @@ def seed_expenses(client: httpx.Client, batch: str = "") -> list[SeededExpense]:
     """
     seeded: list[SeededExpense] = []
     for sample in SAMPLES:
-        response = client.post(
-            "/expenses",
-            data={
-                "employee_id": sample.employee_id,
-                "amount": format_amount(sample.claimed_amount),
-                "currency": sample.currency,
-                "date": sample.date.isoformat(),
-                "merchant": sample.merchant,
-                "description": sample.description,
-            },
-            files={"receipt": (f"{sample.label}.png", sample.receipt(), "image/png")},
-            headers={
-                "Idempotency-Key": f"{SEED_KEY_PREFIX}{batch}{':' if batch else ''}{sample.idempotency_key}"
-            },
-        )
-        if response.status_code not in (200, 201):
-            raise SeedError(
-                f"POST /expenses for {sample.label!r} answered {response.status_code}: {response.text}"
-            )
+        key = f"{SEED_KEY_PREFIX}{batch}{':' if batch else ''}{sample.idempotency_key}"
         seeded.append(
             SeededExpense(
-                expense_id=response.json()["expense_id"],
+                expense_id=submit_sample(client, sample, key),
                 label=sample.label,
                 amount=format_amount(sample.claimed_amount),
                 merchant=sample.merchant,
