@@ -90,14 +90,18 @@ def _virtual_object(agent: Agent[Any, Any]) -> restate.VirtualObject:
     obj = agent_object(agent.name, agent.description)
     engine = agent.engine
 
+    def start_input(raw: bytes) -> Any:
+        """The run's input, validated; bad input is a refused start (nothing written yet)."""
+        try:
+            return parse_input(raw, agent.input_type)
+        except TerminalError as bad:
+            raise RefusedStart(bad.message, status_code=bad.status_code) from None
+
     @obj.handler(input_serde=BytesSerde())
     async def run(ctx: ObjectContext, raw: bytes) -> TaskView:
         """Start (or resume) the task keyed by this object and drive it to a terminal state."""
         try:
-            try:
-                request = parse_input(raw, agent.input_type)
-            except TerminalError as bad:
-                raise RefusedStart(bad.message, status_code=bad.status_code) from None
+            request = start_input(raw)
             return await engine.start_or_resume(ctx, request, agent.start(request))
         except RefusedStart as refused:
             # Refused before anything was written: not even its Idempotency-Key is kept.
