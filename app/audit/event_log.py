@@ -1,9 +1,10 @@
 """The immutable event log: one append-only, hash-chained row per task transition.
 
 Restate's journal is purged after its retention; this log is the audit record that outlives it.
-The engine appends each event inside a journaled step with a deterministic event id (task + seq)
-under a unique constraint, so a replay or a retry writes nothing twice and never reorders: a
-second append of the same event finds it and checks its hash. Each event carries the hash of
+The engine seals each event in the handler (its hash over journaled values), keeps it in the task
+record and writes it inside a journaled step (`append_many`), under a deterministic event id (task +
+seq) and a unique constraint, so a replay or a retry writes nothing twice and never reorders: a
+second write of the same event finds it and checks its hash. Each event carries the hash of
 the previous event of its task, so an edited or deleted event breaks the chain and `verify`
 names the first broken link; on PostgreSQL a trigger also refuses UPDATE and DELETE outright.
 Every N events a snapshot of the task's view is written, so reading the latest state of a task
@@ -16,7 +17,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,8 +43,6 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from common.db import make_engine
 
 GENESIS = "0" * 64
-
-log = logging.getLogger(__name__)
 
 
 class EventBase(DeclarativeBase):
@@ -179,56 +177,49 @@ class EventStore:
         with self.sessions() as session, session.begin():
             yield session
 
-    def append(
-        self, item: Event, snapshot: dict[str, Any] | None = None, *, keep_stored: bool = False
-    ) -> Appended:
-        """Insert the event (and its snapshot); the same event again is a no-op, checked by hash.
-
-        A stored event is never changed. With `keep_stored`, the engine's retry of a step whose
-        earlier attempt wrote the event (under code that worded it differently) gets the stored
-        event's hash back, so the chain goes on from what the log holds; otherwise it is refused.
-        """
-        row = TaskEvent(
-            event_id=item.event_id,
-            agent=item.agent,
-            task_id=item.task_id,
-            seq=item.seq,
-            kind=item.kind,
-            from_state=item.from_state,
-            to_state=item.to_state,
-            at=item.at,
-            payload=canonical(item.payload),
-            prev_hash=item.prev_hash,
-            hash=item.hash,
-        )
+    def append(self, item: Event, snapshot: dict[str, Any] | None = None) -> Appended:
+        """Insert one event (and its snapshot); the same event again is a no-op, checked by hash.
+        A stored event is never changed: other content under its id is refused."""
         try:
             with self.session() as session:
-                session.add(row)
+                session.add(_row_of(item))
                 if snapshot is not None:
-                    session.add(
-                        TaskSnapshot(
-                            agent=item.agent,
-                            task_id=item.task_id,
-                            seq=item.seq,
-                            state=item.to_state,
-                            view=canonical(snapshot),
-                            event_hash=item.hash,
-                        )
-                    )
+                    session.add(_snapshot_of(item, snapshot))
             return Appended(event_id=item.event_id, hash=item.hash, replayed=False)
         except IntegrityError:
             with self.session() as session:
                 existing = session.scalar(select(TaskEvent).where(TaskEvent.event_id == item.event_id))
-            if existing is not None and existing.hash != item.hash and keep_stored:
-                log.warning(
-                    "event %s was written by an earlier attempt with other content; kept", item.event_id
-                )
-                return Appended(event_id=item.event_id, hash=existing.hash, replayed=True)
             if existing is None or existing.hash != item.hash:
                 raise EventConflictError(
                     f"event {item.event_id} exists with other content: the log refuses to change it"
                 ) from None
             return Appended(event_id=item.event_id, hash=item.hash, replayed=True)
+
+    def append_many(self, items: Sequence[Event], snapshot: dict[str, Any] | None = None) -> int:
+        """Write a task's events in one transaction, with a snapshot of its view as of the last of
+        them if given; returns the highest seq now in the log. Events already there are checked by
+        hash and left alone, so a retried write is a no-op; one stored with other content is
+        refused (the log never changes)."""
+        if not items:
+            return 0
+        ids = [item.event_id for item in items]
+        with self.session() as session:
+            stored = dict(
+                session.execute(
+                    select(TaskEvent.event_id, TaskEvent.hash).where(TaskEvent.event_id.in_(ids))
+                ).all()
+            )
+            for item in items:
+                if item.event_id in stored:
+                    if stored[item.event_id] != item.hash:
+                        raise EventConflictError(
+                            f"event {item.event_id} exists with other content: the log refuses to change it"
+                        )
+                    continue
+                session.add(_row_of(item))
+                if snapshot is not None and item is items[-1]:
+                    session.add(_snapshot_of(item, snapshot))
+        return items[-1].seq
 
     def events(self, agent: str, task_id: str) -> list[Event]:
         with self.session() as session:
@@ -259,6 +250,33 @@ class EventStore:
 
 class EventConflictError(RuntimeError):
     """An event id already holds different content: someone edited the log, or code diverged."""
+
+
+def _row_of(item: Event) -> TaskEvent:
+    return TaskEvent(
+        event_id=item.event_id,
+        agent=item.agent,
+        task_id=item.task_id,
+        seq=item.seq,
+        kind=item.kind,
+        from_state=item.from_state,
+        to_state=item.to_state,
+        at=item.at,
+        payload=canonical(item.payload),
+        prev_hash=item.prev_hash,
+        hash=item.hash,
+    )
+
+
+def _snapshot_of(item: Event, snapshot: dict[str, Any]) -> TaskSnapshot:
+    return TaskSnapshot(
+        agent=item.agent,
+        task_id=item.task_id,
+        seq=item.seq,
+        state=item.to_state,
+        view=canonical(snapshot),
+        event_hash=item.hash,
+    )
 
 
 def _event_of(row: TaskEvent) -> Event:

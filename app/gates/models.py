@@ -46,6 +46,9 @@ class GatePolicy(BaseModel):
     reminder_before_seconds: float
     approvers: list[str]
     escalation_approver: str | None
+    # When the policy was read (the gate opens then): the gate's clock without a journal entry of
+    # its own.
+    read_at: float = 0.0
 
 
 class PendingApproval(BaseModel):

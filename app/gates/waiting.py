@@ -17,6 +17,7 @@ the arbiter. Whatever the outcome, the ticket is closed through the tool service
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -91,6 +92,7 @@ def read_gate_policy(approvers: list[str] | None, escalation_approver: str | Non
         reminder_before_seconds=settings.approval_reminder_before_seconds,
         approvers=list(dict.fromkeys(approvers or settings.approvers)),
         escalation_approver=escalation_approver or settings.approval_escalation_approver,
+        read_at=time.time(),
     )
 
 
@@ -108,7 +110,7 @@ async def enter_gate(step: GateStep, request: ApprovalRequest) -> tuple[PendingA
         approvers=request.approvers,
         escalation_approver=request.escalation_approver,
     )
-    now = await ctx.time()
+    now = policy.read_at
     awakeable_id, woken = ctx.awakeable(serde=BytesSerde())
     deadline = now + policy.timeout_seconds
     before = policy.reminder_before_seconds

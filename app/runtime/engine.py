@@ -1,15 +1,22 @@
 """Runs a declared `Machine` inside a Restate virtual object: one task per key, every step journaled.
 
-The engine owns the task record (one pydantic value under one state key), the transition history
-with times from `ctx.time()`, the derivation of idempotency keys, and the rule that a permanent
-step failure becomes the machine's failure state with the error recorded, never an unhandled 500.
-Agents supply only their machine, their data model and one step function per non-terminal state.
+The engine owns the task record (one pydantic value under one state key), the transition history,
+the derivation of idempotency keys, and the rule that a permanent step failure becomes the
+machine's failure state with the error recorded, never an unhandled 500. Agents supply only their
+machine, their data model and one step function per non-terminal state.
+
+A transition costs one journal entry, the task record's write. Its time is the end of the step's
+last journaled call (each call's result is journaled with when it ended); its event is sealed in
+the handler and kept in that same record, durable in Restate from then on, and written to the
+event log by the next journaled call on its way (or, before the task waits or ends, by a step of
+its own). So no transition waits for a clock read or a database commit of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -26,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from restate import ObjectContext, ObjectSharedContext, RunOptions, TerminalError
 from restate.serde import BytesSerde
 
-from app.audit.event_log import GENESIS, Appended, EventDraft, new_event, store_for
+from app.audit.event_log import GENESIS, Event, EventDraft, new_event, store_for
 from app.gates.models import ApprovalRecord, ApprovalRequest, GateIntrusion, PendingApproval
 from app.gates.waiting import GATE_ENTRY_TOOL_CALLS, Wake, await_gate, enter_gate
 from app.llm import LlmTask, current_model, structured_by
@@ -94,6 +101,24 @@ class TaskError(BaseModel):
     message: str
 
 
+class Mark(BaseModel):
+    """When a journaled step ended, and the highest event seq it wrote to the log on its way (0:
+    none, or the log was unavailable; the events stay in the task record and go with a later step)."""
+
+    at: float
+    logged: int = 0
+
+
+class Stamped(Mark, Generic[T]):
+    """A journaled step's result with its `Mark`: the transition after it needs no clock read."""
+
+    value: T
+
+
+class Logged(BaseModel):
+    upto: int
+
+
 class TaskRecord(BaseModel, Generic[D]):
     """Everything Restate keeps for one task, under one state key."""
 
@@ -119,6 +144,9 @@ class TaskRecord(BaseModel, Generic[D]):
     intrusions: list[GateIntrusion] = Field(default_factory=list)
     # How a stalled step waits between retry rounds, read from settings when the task was created.
     stall_policy: StallPolicy = Field(default_factory=StallPolicy)
+    # Events sealed but not yet known to be in the event log (the chain head above includes them):
+    # durable here, in Restate, until a journaled step reports them written.
+    unlogged: list[Event] = Field(default_factory=list)
 
 
 class StallView(BaseModel):
@@ -334,7 +362,13 @@ def key_task_part(task_id: str) -> str:
 class StepContext(Generic[D]):
     """What a step function gets: its task's data and journaled ways to call the outside world."""
 
-    def __init__(self, ctx: ObjectContext, record: TaskRecord[D], first_call_index: int = 0) -> None:
+    def __init__(
+        self,
+        ctx: ObjectContext,
+        record: TaskRecord[D],
+        first_call_index: int = 0,
+        view: Callable[[], TaskView] | None = None,
+    ) -> None:
         self.ctx = ctx
         self.task_id = record.task_id
         self.agent = record.agent
@@ -351,6 +385,27 @@ class StepContext(Generic[D]):
         # A state visited again (a loop) gets fresh keys; a replay of the same visit the same keys.
         self.visit = sum(1 for t in record.history if t.to_state == record.state)
         self._tool_calls = first_call_index
+        # The task's events not yet in the log; each journaled call writes them on its way.
+        self.unlogged = list(record.unlogged)
+        # The view a snapshot of the log records, as of the task's last event (made only if due).
+        self.view = view
+        # From the journaled calls' marks: the highest event seq written, when the last one ended.
+        self.logged = 0
+        self.ended_at: float | None = None
+
+    def pending_events(self) -> list[Event]:
+        return [item for item in self.unlogged if item.seq > self.logged]
+
+    def snapshot_for(self, pending: list[Event]) -> dict[str, Any] | None:
+        """The snapshot to write with `pending`, if one is due (settings shape only the write's
+        arguments, never what is journaled: the view is that of the task's last event)."""
+        if self.view is None or not snapshot_due(pending, terminal=False):
+            return None
+        return self.view().model_dump(mode="json")
+
+    def marked(self, mark: Mark) -> None:
+        self.ended_at = mark.at
+        self.logged = max(self.logged, mark.logged)
 
     def idempotency_key(self, index: int) -> str:
         """Derived from agent, task, its salt, state, visit and call index: stable across retries
@@ -367,7 +422,8 @@ class StepContext(Generic[D]):
         return await self._journaled(
             f"{self.state} tool {index} {name}",
             tool_client.call_tool,
-            _with_type(TOOL_RUN_OPTIONS, ToolResult),
+            TOOL_RUN_OPTIONS,
+            ToolResult,
             agent=self.agent,
             name=name,
             args=dict(args),
@@ -383,18 +439,34 @@ class StepContext(Generic[D]):
         options: RunOptions[Any] = LLM_RUN_OPTIONS,
     ) -> T:
         """Run one journaled step (an LLM call, a read) whose result is one of our pydantic types."""
-        return await self._journaled(f"{self.state} {label}", action, _with_type(options, result_type), *args)
+        return await self._journaled(f"{self.state} {label}", action, options, result_type, *args)
 
     async def _journaled(
         self,
         label: str,
         action: Callable[..., Coroutine[Any, Any, T]],
-        options: RunOptions[T],
+        options: RunOptions[Any],
+        result_type: type[T],
         *args: Any,
         **kwargs: Any,
     ) -> T:
-        """One journaled step that waits out outages of its dependency (stalls) instead of failing."""
+        """One journaled step that waits out outages of its dependency (stalls) instead of failing.
+
+        On its way it writes the task's pending events to the log (before the action, so the audit
+        record of a transition is there before the next side effect), and its journaled result
+        carries when it ended: the transition after it needs no journal entry for either.
+        """
         attempt = one_line_attempts(f"{self.agent}/{self.task_id} {label}", action)
+        pending = self.pending_events()
+        snapshot = self.snapshot_for(pending)
+        stamped_type = Stamped[result_type]  # type: ignore[valid-type]
+
+        async def stamped(*call_args: Any, **call_kwargs: Any) -> Stamped[T]:
+            logged = await write_events_quietly(pending, snapshot)
+            value = await attempt(*call_args, **call_kwargs)
+            return stamped_type(value=value, at=time.time(), logged=logged)
+
+        stamped_options = _with_type(options, stamped_type)
         stall = Stall(
             agent=self.agent,
             task_id=self.task_id,
@@ -407,13 +479,14 @@ class StepContext(Generic[D]):
             nudge_id="",
         )
 
-        def run_once(name: str) -> Awaitable[T]:
-            return self.ctx.run_typed(name, attempt, options, *args, **kwargs)
+        def run_once(name: str) -> Awaitable[Stamped[T]]:
+            return self.ctx.run_typed(name, stamped, stamped_options, *args, **kwargs)
 
         result, ended = await through_outages(self.ctx, stall, self.stall_policy, run_once)
         if ended is not None:
             self.stalls.append(ended)
-        return result
+        self.marked(result)
+        return result.value
 
     async def llm(self, task: LlmTask[InT, OutT], request: InT) -> OutT:
         """Run one of the agent's LLM tasks as a journaled step: the output is journaled, never the
@@ -549,14 +622,10 @@ class AgentEngine(Generic[D]):
                 data=initial_data,
                 key_salt=seed.key_salt,
             )
-            record = await self._log(
-                ctx,
-                record,
-                "created",
-                None,
-                now,
-                {"input": payload.model_dump(mode="json"), "model": model_name},
+            record = self._seal(
+                record, "created", None, now, {"input": payload.model_dump(mode="json"), "model": model_name}
             )
+            crash_if_planned(record.agent, record.task_id, record.event_seq)
             ctx.set(TASK_KEY, record)
         elif record.input_hash != digest:
             raise RefusedStart(
@@ -574,7 +643,8 @@ class AgentEngine(Generic[D]):
             before = record.data.model_dump(mode="json")
             approvals_before = (len(record.approvals), len(record.intrusions))
             gate = self.machine.is_gate(record.state)
-            step = StepContext(ctx, record, GATE_ENTRY_TOOL_CALLS if gate else 0)
+            calls = GATE_ENTRY_TOOL_CALLS if gate else 0
+            step = StepContext(ctx, record, calls, functools.partial(view_of, record, self.machine))
             decision, record = await self._run_step(ctx, record, step, armed)
             record, armed = await self._apply(ctx, record, step, decision, before, approvals_before)
         return record
@@ -594,6 +664,8 @@ class AgentEngine(Generic[D]):
             assert self.machine.failure is not None
             # An operator's `agentctl cancel` reaches the handler as this error at its next await.
             cancelled = exc.status_code == 409 and exc.message == "cancelled"
+            # It failed after its last journaled call ended: the failure's time is read afresh.
+            step.ended_at = None
             code = "cancelled" if cancelled else "step_failed"
             message = "cancelled by an operator" if cancelled else exc.message
             failed = Next(
@@ -667,7 +739,7 @@ class AgentEngine(Generic[D]):
             else:
                 pending, armed = entered
                 record = record.model_copy(update={"pending_approval": pending})
-        now = await ctx.time()
+        now = step.ended_at if step.ended_at is not None else await self._time_of(ctx, step)
         updated = record.model_copy(
             update={
                 "state": target,
@@ -703,7 +775,16 @@ class AgentEngine(Generic[D]):
                 "approvers": updated.pending_approval.approvers,
                 "approval_ticket_id": updated.pending_approval.approval_ticket_id,
             }
-        updated = await self._log(ctx, updated, "transition", record.state, now, payload)
+        # What the step's journaled calls wrote to the log on their way is no longer kept here.
+        unlogged = [item for item in updated.unlogged if item.seq > step.logged]
+        updated = self._seal(
+            updated.model_copy(update={"unlogged": unlogged}), "transition", record.state, now, payload
+        )
+        if self.machine.is_terminal(target) or self.machine.is_gate(target):
+            # Before a task waits (maybe for days) or ends, the log holds its whole history.
+            updated = await self._write_events(ctx, updated)
+        # The crash matrix's fault switch: a no-op unless a test armed it (app/runtime/faults.py).
+        crash_if_planned(updated.agent, updated.task_id, updated.event_seq)
         ctx.set(TASK_KEY, updated)
         return updated, armed
 
@@ -722,32 +803,38 @@ class AgentEngine(Generic[D]):
                 "history": [*record.history, Transition(from_state=record.state, to_state=gate, at=0.0)],
             }
         )
-        at_gate = StepContext(ctx, entering)
+        at_gate = StepContext(ctx, entering, view=functools.partial(view_of, record, self.machine))
         # Outages waited out while opening the gate belong to this transition's record too.
         at_gate.stalls = step.stalls
+        at_gate.logged = step.logged
         try:
-            return await enter_gate(at_gate, self.approvals[gate](at_gate))
+            entered = await enter_gate(at_gate, self.approvals[gate](at_gate))
+            # The transition into the gate is timed by the gate's last call (the request).
+            if at_gate.ended_at is not None:
+                step.ended_at = at_gate.ended_at
+            step.logged = max(step.logged, at_gate.logged)
+            return entered
         except TerminalError as exc:
             assert self.machine.failure is not None
+            step.logged, step.ended_at = max(step.logged, at_gate.logged), None
             return Next(
                 target=self.machine.failure,
                 error=TaskError(state=gate, code="step_failed", message=exc.message),
             )
 
-    async def _log(
+    def _seal(
         self,
-        ctx: ObjectContext,
         record: TaskRecord[D],
         kind: str,
         from_state: str | None,
         at: float,
         payload: dict[str, Any],
     ) -> TaskRecord[D]:
-        """Append the event for the record's new state to the log (a journaled step), chain it.
+        """The record with the event for its new state sealed, chained and kept as unlogged.
 
-        The event is built and sealed inside the step and the chain goes on from the hash the step
-        journaled: a replay on code that words a note differently reuses the journaled hash and
-        cannot fork the chain.
+        Sealing is pure (the hash of journaled values), and the sealed event goes into the task
+        record's next write, which Restate compares on replay: a replay on code that words a note
+        differently is refused before anything is written, so it cannot fork the chain.
         """
         seq = record.event_seq + 1
         draft = EventDraft(
@@ -761,16 +848,34 @@ class AgentEngine(Generic[D]):
             payload=payload,
             prev_hash=record.last_event_hash,
         )
-        # Whether to snapshot shapes only the step's arguments, never its journaled result.
-        snapshot = None
-        if seq % get_settings().event_snapshot_every == 0 or self.machine.is_terminal(record.state):
-            snapshot = view_of(record, self.machine).model_dump(mode="json")
-        appended = await ctx.run_typed(
-            f"event {seq} {record.state}", append_event, RunOptions(type_hint=Appended), draft, snapshot
+        event = new_event(draft)
+        return record.model_copy(
+            update={"event_seq": seq, "last_event_hash": event.hash, "unlogged": [*record.unlogged, event]}
         )
-        # The crash matrix's fault switch: a no-op unless a test armed it (app/runtime/faults.py).
-        crash_if_planned(record.agent, record.task_id, seq)
-        return record.model_copy(update={"event_seq": seq, "last_event_hash": appended.hash})
+
+    async def _write_events(self, ctx: ObjectContext, record: TaskRecord[D]) -> TaskRecord[D]:
+        """Write the record's unlogged events to the log as a journaled step that must succeed
+        (retried until the log takes them); the record without them."""
+        if not record.unlogged:
+            return record
+        first, last = record.unlogged[0].seq, record.unlogged[-1].seq
+        snapshot = None
+        if snapshot_due(record.unlogged, terminal=self.machine.is_terminal(record.state)):
+            snapshot = view_of(record, self.machine).model_dump(mode="json")
+        await ctx.run_typed(
+            f"events {first}-{last}", write_events, RunOptions(type_hint=Logged), record.unlogged, snapshot
+        )
+        return record.model_copy(update={"unlogged": []})
+
+    async def _time_of(self, ctx: ObjectContext, step: StepContext[D]) -> float:
+        """The time of a transition whose step made no journaled call since it last could: one
+        journaled step reads the clock (and writes pending events on its way, as any call does)."""
+        pending = step.pending_events()
+        mark = await ctx.run_typed(
+            f"{step.state} ended", stamp, RunOptions(type_hint=Mark), pending, step.snapshot_for(pending)
+        )
+        step.marked(mark)
+        return mark.at
 
     async def status(self, ctx: ObjectSharedContext) -> TaskView:
         record = await self.load(ctx)
@@ -785,10 +890,46 @@ class AgentEngine(Generic[D]):
         return view
 
 
-async def append_event(draft: EventDraft, snapshot: dict[str, Any] | None) -> Appended:
-    """Seal and write one event (and snapshot) to the event log; runs only inside `ctx.run_typed`."""
+def snapshot_due(pending: list[Event], terminal: bool) -> bool:
+    """A snapshot goes with an ending's events, and with any write that passes every N-th event."""
+    every = get_settings().event_snapshot_every
+    return bool(pending) and (terminal or any(item.seq % every == 0 for item in pending))
+
+
+async def write_events(pending: list[Event], snapshot: dict[str, Any] | None) -> Logged:
+    """Write sealed events to the event log (one transaction), with the snapshot of the task's view
+    as of the last of them if given; only inside `ctx.run_typed`."""
     store = store_for(get_settings().database_url)
-    return await asyncio.to_thread(store.append, new_event(draft), snapshot, keep_stored=True)
+    upto = await asyncio.to_thread(store.append_many, pending, snapshot)
+    return Logged(upto=upto)
+
+
+async def write_events_quietly(pending: list[Event], snapshot: dict[str, Any] | None = None) -> int:
+    """On the way into a journaled call: write pending events, never failing the call for it (the
+    events stay in the task record and are written by a later call, at the latest before the task
+    waits or ends). Returns the highest seq written, 0 for none."""
+    if not pending:
+        return 0
+    try:
+        return (await write_events(pending, snapshot)).upto
+    except Exception as exc:  # the log unavailable or refusing: the step itself must not fail
+        first = pending[0]
+        log.warning(
+            "%s/%s: events %d-%d not written to the log yet (kept, retried later): %s: %s",
+            first.agent,
+            first.task_id,
+            first.seq,
+            pending[-1].seq,
+            type(exc).__name__,
+            exc,
+        )
+        return 0
+
+
+async def stamp(pending: list[Event], snapshot: dict[str, Any] | None) -> Mark:
+    """The clock, after writing pending events on the way; only inside `ctx.run_typed`."""
+    logged = await write_events_quietly(pending, snapshot)
+    return Mark(at=time.time(), logged=logged)
 
 
 def agent_object(name: str, description: str) -> restate.VirtualObject:

@@ -96,15 +96,35 @@ def test_appending_the_same_event_again_is_a_no_op(store: EventStore) -> None:
     assert verify_store(store).ok
 
 
+def test_a_batch_of_events_is_written_once_with_its_snapshot_and_again_is_a_no_op(store: EventStore) -> None:
+    """How the engine writes: the events a task sealed since its last write, in one transaction,
+    retried as often as its journaled step is; the snapshot goes with the last of them."""
+    events = chain("t-batch", ["INITIAL", "FETCH_CONTEXT", "ANALYZE", "PLAN"])
+    assert store.append_many([]) == 0
+    assert store.append_many(events[:2]) == 2
+    view = {"state": "PLAN", "n": 4}
+    # A retry that overlaps what is written: the written ones are left alone, the rest go in.
+    assert store.append_many(events[1:], snapshot=view) == 4
+    assert store.append_many(events[1:], snapshot={"state": "other"}) == 4
+    assert [e.hash for e in store.events("AgentTask", "t-batch")] == [e.hash for e in events]
+    snapshot = store.latest_snapshot("AgentTask", "t-batch")
+    assert snapshot is not None and (snapshot.seq, snapshot.state) == (4, "PLAN")
+    assert snapshot.event_hash == events[3].hash and '"n":4' in snapshot.view
+    # Content that differs from what is stored is refused, and nothing of its batch is written.
+    forged = events[3].model_copy(update={"payload": {"note": "rewritten"}}).sealed()
+    later = chain("t-batch", ["INITIAL", "FETCH_CONTEXT", "ANALYZE", "PLAN", "EXECUTE"])[4]
+    with pytest.raises(EventConflictError):
+        store.append_many([forged, later])
+    assert len(store.events("AgentTask", "t-batch")) == 4
+    assert verify_store(store).ok
+
+
 def test_an_event_id_never_takes_other_content(store: EventStore) -> None:
     events = chain("t-1", ["INITIAL", "FETCH_CONTEXT"])
     write(store, events)
     forged = events[1].model_copy(update={"payload": {"note": "rewritten"}}).sealed()
     with pytest.raises(EventConflictError):
         store.append(forged)
-    # The engine's retry of a step an earlier attempt already wrote keeps the stored event.
-    kept = store.append(forged, keep_stored=True)
-    assert kept.replayed is True and kept.hash == events[1].hash != forged.hash
     assert store.events("AgentTask", "t-1")[1].payload == events[1].payload
 
 

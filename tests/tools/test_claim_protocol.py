@@ -171,3 +171,39 @@ def test_concurrent_completions_through_the_api_path_commit_one_effect(store, se
 
     assert sum(isinstance(outcome, Completed) for outcome in outcomes) == 1
     assert _ticket_count(sessions) == 1
+
+
+def test_claim_and_effect_in_one_transaction_commit_one_effect_under_a_race(
+    store: IdempotencyStore, sessions: sessionmaker[Session]
+) -> None:
+    """`run_at_once` (a tool with no slow step): racers with the same key wait for the winner's
+    transaction; the losers find the key (None) and the claim path replays the winner's answer."""
+
+    def at_once() -> Completed | None:
+        return store.run_at_once("k-once", "create_ticket", HASH, _store_ticket("TCK-once"))
+
+    outcomes = _race(at_once)
+
+    [winner] = [outcome for outcome in outcomes if isinstance(outcome, Completed)]
+    assert outcomes.count(None) == RACERS - 1
+    assert _ticket_count(sessions) == 1
+    assert store.claim("k-once", "create_ticket", HASH) == Replay(winner.response)
+    assert isinstance(store.claim("k-once", "create_ticket", "0" * 64), KeyReused)
+
+
+def test_a_failed_effect_run_at_once_leaves_neither_the_effect_nor_the_key(
+    store: IdempotencyStore, sessions: sessionmaker[Session]
+) -> None:
+    def broken(session: Session) -> StoredResponse:
+        _store_ticket("TCK-broken-once")(session)
+        session.flush()
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        store.run_at_once("k-once-broken", "create_ticket", HASH, broken)
+
+    assert _ticket_count(sessions) == 0
+    assert store.get("k-once-broken") is None
+    # Nothing to take over or wait for: the retry runs at once.
+    done = store.run_at_once("k-once-broken", "create_ticket", HASH, _store_ticket("TCK-broken-once"))
+    assert done == Completed(StoredResponse(200, '{"ticket_id":"TCK-broken-once"}'))

@@ -2,9 +2,10 @@
 
 `POST /tools/{name}` checks everything about the request first (header, size, JSON, arguments),
 so bad input is refused without touching the idempotency store; then it claims the key, runs the
-tool and completes the key in one transaction (see tools/service/idempotency.py for why that order).
-A tool with a prepare step (OCR) does that slow, read-only work between the claim and the
-transaction, so no transaction stays open while Tesseract runs.
+tool and completes the key in one transaction (`run_at_once`), or, for a tool with a prepare step
+(OCR), claims the key in a commit of its own, does that slow, read-only work, then runs the tool
+and completes the key in a second transaction, so no transaction stays open while Tesseract runs
+(see tools/service/idempotency.py for why each is exactly-once).
 
 People use plain REST: `POST /expenses` (multipart: the claim and its receipt image, with an
 optional Idempotency-Key under the same store and rules), `GET /expenses[/{id}[/receipt]]`, and
@@ -326,13 +327,43 @@ class _ToolService:
         args = validate_args(tool, payload)
         fingerprint = request_hash(tool.name, payload)
 
+        def effect_with(prepared: object) -> Callable[[Session], StoredResponse]:
+            def effect(session: Session) -> StoredResponse:
+                return self._run_tool(
+                    tool,
+                    args,
+                    ToolCall(
+                        session=session,
+                        idempotency_key=key,
+                        now=self.clock(),
+                        prepared=prepared,
+                        settings=self.settings,
+                    ),
+                )
+
+            return effect
+
+        latency = self.settings.simulated_latency_for(tool.name)
+        if tool.prepare is None and not latency:
+            # Nothing slow comes between claim and effect: both in one transaction (one commit).
+            try:
+                done = await anyio.to_thread.run_sync(
+                    self.store.run_at_once, key, tool.name, fingerprint, effect_with(None)
+                )
+            except Exception as exc:
+                # Everything rolled back, the key included: a retry runs the tool afresh.
+                return self._tool_failed(tool, key, exc)
+            if done is not None:
+                return _text_response(done.response.body, done.response.status_code)
+            # The key exists: the claim below says whether to replay, refuse or take over.
+
         claim = await anyio.to_thread.run_sync(self.store.claim, key, tool.name, fingerprint)
         if not isinstance(claim, Claimed):
             return self._answer_without_running(claim)
         if claim.taken_over:
             logger.warning("took over the expired claim on Idempotency-Key %r (%s)", key, tool.name)
 
-        if latency := self.settings.simulated_latency_for(tool.name):
+        if latency:
             # Testing knob: the claim is committed, the effect not yet (see ToolsSettings).
             await anyio.sleep(latency)
 
@@ -345,21 +376,10 @@ class _ToolService:
                 await anyio.to_thread.run_sync(self.store.release, key, claim.claim_token)
                 return self._tool_failed(tool, key, exc)
 
-        def effect(session: Session) -> StoredResponse:
-            return self._run_tool(
-                tool,
-                args,
-                ToolCall(
-                    session=session,
-                    idempotency_key=key,
-                    now=self.clock(),
-                    prepared=prepared,
-                    settings=self.settings,
-                ),
-            )
-
         try:
-            outcome = await anyio.to_thread.run_sync(self.store.execute, key, claim.claim_token, effect)
+            outcome = await anyio.to_thread.run_sync(
+                self.store.execute, key, claim.claim_token, effect_with(prepared)
+            )
         except Exception as exc:
             # The effect rolled back and the claim was released: a retry runs the tool afresh.
             return self._tool_failed(tool, key, exc)

@@ -265,6 +265,41 @@ class IdempotencyStore:
             raise
         return Completed(response)
 
+    def run_at_once(
+        self, key: str, tool_name: str, request_hash: str, effect: Callable[[Session], StoredResponse]
+    ) -> Completed | None:
+        """Claim the key, run `effect` and mark it done, all in ONE transaction; None if the key
+        already exists (the caller then goes through `claim`, which says what it holds).
+
+        For a tool whose whole work is `effect` (no slow step between claim and effect): nothing
+        can be left half-done, since a crash before the commit leaves neither the key nor the effect,
+        and a concurrent request with the same key waits for this transaction's lock and then finds
+        the key. It saves the claim's own commit, one of the two a call costs otherwise. If `effect`
+        raises, everything rolls back and the exception propagates.
+        """
+        now = self._clock()
+        with self._sessions.begin() as session:
+            row = IdempotencyKey(
+                key=key,
+                tool_name=tool_name,
+                request_hash=request_hash,
+                status=KeyStatus.IN_FLIGHT,
+                claim_token=secrets.token_hex(16),
+                lease_expires_at=now + self._lease,
+                created_at=now,
+            )
+            try:
+                with session.begin_nested():
+                    session.add(row)
+            except IntegrityError:
+                return None
+            response = effect(session)
+            row.status = KeyStatus.DONE
+            row.response_status = response.status_code
+            row.response_body = response.body
+            row.completed_at = self._clock()
+        return Completed(response)
+
     def release(self, key: str, claim_token: str) -> bool:
         """Give up an in-flight claim (the execution failed unexpectedly) so a retry runs again.
 
