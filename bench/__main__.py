@@ -48,12 +48,19 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     # 10,000 parked AgentTasks take about 15 minutes to start here: 2,000 keep `make bench` short.
     parser.add_argument("--parked", type=int, default=2_000, help="tasks parked for the memory figure")
     parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument(
+        "--flows", default=",".join(name for name, _, _ in FLOWS), help="comma-separated flows to measure"
+    )
     parser.add_argument("--results", type=Path, default=ROOT / "bench/results.json")
     parser.add_argument("--report", type=Path, default=ROOT / "docs/performance.md")
     args = parser.parse_args(argv)
     if args.smoke:
         args.repeats, args.concurrency, args.parked, args.databases = 1, "1,2", 2, "sqlite"
     args.levels = [int(level) for level in args.concurrency.split(",")]
+    args.flows = args.flows.split(",")
+    unknown = set(args.flows) - {name for name, _, _ in FLOWS}
+    if unknown:
+        parser.error(f"unknown flows {sorted(unknown)}: choose from {[name for name, _, _ in FLOWS]}")
     return args
 
 
@@ -124,14 +131,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 pids = processes(stack, {"floor service": floor.pid, "bench client": os.getpid()})
                 section: dict[str, Any] = {}
                 for name, kind_of_flow, service in FLOWS:
-                    if kind != "sqlite" and name == "floor":
+                    if name not in args.flows or (kind != "sqlite" and name == "floor"):
                         continue  # the floor keeps no database: measured once
                     flow = kind_of_flow(name=name, service=service, stack=stack)
                     section[name] = measure_flow(flow, args, pids)
                 # Memory with tasks parked: the floor, then AgentTask, each from the same stack.
                 for name, kind_of_flow, service in FLOWS[:2]:
-                    if kind != "sqlite":
+                    if kind != "sqlite" or not args.parked:
                         break
+                    if name not in args.flows:
+                        continue
                     flow = kind_of_flow(name=name, service=service, stack=stack)
                     parked = park(flow, args.parked, pids)
                     say(f"  {name}: {args.parked} parked in {parked.seconds_to_park:.0f} s")

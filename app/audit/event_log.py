@@ -40,7 +40,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from common.db import make_engine
+from common.db import make_engine, normalize_database_url
 
 GENESIS = "0" * 64
 
@@ -295,10 +295,25 @@ def _event_of(row: TaskEvent) -> Event:
     )
 
 
+def event_log_url(database_url: str) -> str:
+    """Where the event log of the database at `database_url` lives. Beside a SQLite file, in a file
+    of its own (`agents.db` -> `agents.events.db`): SQLite has one write lock per file, and the
+    log's commits would otherwise queue behind the tool service's (and its behind theirs). In a
+    PostgreSQL database, in that database: row locks do not contend."""
+    url = normalize_database_url(database_url)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return database_url
+    path = Path(url.database)
+    return url.set(database=str(path.with_name(f"{path.stem}.events{path.suffix}"))).render_as_string(
+        hide_password=False
+    )
+
+
 @lru_cache(maxsize=4)
-def store_for(url: str) -> EventStore:
-    """One store (one engine and pool) per database URL per process; the schema is made once."""
-    engine = make_engine(url)
+def store_for(database_url: str) -> EventStore:
+    """The event log of the database at `database_url` (see `event_log_url`): one store (one engine
+    and pool) per URL per process; the schema is made once."""
+    engine = make_engine(event_log_url(database_url))
     create_schema(engine)
     return EventStore(engine)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -61,6 +62,15 @@ REMINDER_SUMMARY_CHARS = 1500
 INTRUSION_DETAIL_CHARS = 200
 
 Wake = RestateDurableFuture[bytes]
+
+
+@dataclass(frozen=True)
+class Armed:
+    """What wakes a task at the gate it entered in this invocation, and, if the caller has just
+    read it from a journaled step, the time then (the wait needs no clock read of its own)."""
+
+    woken: Wake
+    at: float | None = None
 
 
 class ToolAnswer(Protocol):
@@ -160,25 +170,29 @@ async def enter_gate(step: GateStep, request: ApprovalRequest) -> tuple[PendingA
 async def await_gate(
     step: GateStep,
     pending: PendingApproval,
-    woken: Wake | None,
+    armed: Armed | None,
     persist: Callable[[PendingApproval | None], None],
     intruded: Callable[[GateIntrusion], None],
 ) -> tuple[Outcome, ApprovalRecord]:
     """Wait at an entered gate for its outcome, then close everything.
 
-    `woken` is None when the gate was entered by an earlier invocation (a resumed task): the gate
+    `armed` is None when the gate was entered by an earlier invocation (a resumed task): the gate
     is then re-armed with a fresh awakeable. `persist` saves the pending record, `intruded` a
-    refused wake.
+    refused wake. The pending approval is left to the caller to clear, with the transition that
+    follows (one write, not two).
     """
     ctx = step.ctx
     key = gate_key(step.agent, step.task_id)
     try:
         decided: GateReply | None = None
-        if woken is None:
+        now: float | None = None
+        if armed is None:
             woken, decided, pending = await _rearm(step, pending, key)
             persist(pending)
+        else:
+            woken, now = armed.woken, armed.at
         if decided is None:
-            decided, pending = await _wait(step, pending, woken, key, persist, intruded)
+            decided, pending = await _wait(step, pending, woken, key, persist, intruded, now)
     except TerminalError:
         # The gate cannot end normally (a refused tool call): close what it opened, so no approval
         # is left waiting for a task that has failed, then let the task fail.
@@ -196,7 +210,6 @@ async def await_gate(
             "comment": decision.comment if decision else None,
         },
     )
-    persist(None)
     record = ApprovalRecord(
         state=step.state,
         outcome=outcome,
@@ -218,10 +231,13 @@ async def _wait(
     key: str,
     persist: Callable[[PendingApproval | None], None],
     intruded: Callable[[GateIntrusion], None],
+    now: float | None = None,
 ) -> tuple[GateReply, PendingApproval]:
-    """Until the arbiter reports a decision or the deadline passes: its final reply."""
+    """Until the arbiter reports a decision or the deadline passes: its final reply. `now` is the
+    time if the caller has just read it from the journal."""
     ctx = step.ctx
-    now = await ctx.time()
+    if now is None:
+        now = await ctx.time()
     deadline = ctx.sleep(timedelta(seconds=max(0.0, pending.deadline - now)))
     reminder = None
     if pending.reminder_at is not None and not pending.reminded:

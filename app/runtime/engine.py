@@ -35,7 +35,7 @@ from restate.serde import BytesSerde
 
 from app.audit.event_log import GENESIS, Event, EventDraft, new_event, store_for
 from app.gates.models import ApprovalRecord, ApprovalRequest, GateIntrusion, PendingApproval
-from app.gates.waiting import GATE_ENTRY_TOOL_CALLS, Wake, await_gate, enter_gate
+from app.gates.waiting import GATE_ENTRY_TOOL_CALLS, Armed, Wake, await_gate, enter_gate
 from app.llm import LlmTask, current_model, structured_by
 from app.llm.port import InT, OutT
 from app.runtime import tool_client
@@ -113,10 +113,6 @@ class Stamped(Mark, Generic[T]):
     """A journaled step's result with its `Mark`: the transition after it needs no clock read."""
 
     value: T
-
-
-class Logged(BaseModel):
-    upto: int
 
 
 class TaskRecord(BaseModel, Generic[D]):
@@ -452,9 +448,8 @@ class StepContext(Generic[D]):
     ) -> T:
         """One journaled step that waits out outages of its dependency (stalls) instead of failing.
 
-        On its way it writes the task's pending events to the log (before the action, so the audit
-        record of a transition is there before the next side effect), and its journaled result
-        carries when it ended: the transition after it needs no journal entry for either.
+        On its way it writes the task's pending events to the log, and its journaled result carries
+        when it ended: the transition after it needs no journal entry for either.
         """
         attempt = one_line_attempts(f"{self.agent}/{self.task_id} {label}", action)
         pending = self.pending_events()
@@ -462,8 +457,13 @@ class StepContext(Generic[D]):
         stamped_type = Stamped[result_type]  # type: ignore[valid-type]
 
         async def stamped(*call_args: Any, **call_kwargs: Any) -> Stamped[T]:
-            logged = await write_events_quietly(pending, snapshot)
-            value = await attempt(*call_args, **call_kwargs)
+            # The write goes alongside the call, not before it: the events are durable in Restate
+            # already, and a step never waits for the log's commit.
+            written = asyncio.ensure_future(write_events_quietly(pending, snapshot))
+            try:
+                value = await attempt(*call_args, **call_kwargs)
+            finally:
+                logged = await written
             return stamped_type(value=value, at=time.time(), logged=logged)
 
         stamped_options = _with_type(options, stamped_type)
@@ -606,10 +606,11 @@ class AgentEngine(Generic[D]):
                     status_code=409,
                 )
             return record.view()
+        clock: float | None = None
         if record is None:
             refuse_bad_task_id(ctx.key())
             seed = await ctx.run_typed("task seed", new_task_seed, RunOptions(type_hint=TaskSeed))
-            now = seed.at
+            now = clock = seed.at
             model_name = seed.model or current_model().name
             record = self.record_type(
                 stall_policy=seed.stall_policy,
@@ -632,25 +633,33 @@ class AgentEngine(Generic[D]):
                 f"task {ctx.key()} already exists with a different input; use a new task id",
                 status_code=409,
             )
-        record = await self.drive(ctx, record)
+        record = await self.drive(ctx, record, clock)
         return view_of(record, self.machine)
 
-    async def drive(self, ctx: ObjectContext, record: TaskRecord[D]) -> TaskRecord[D]:
-        """Run step after step until a terminal state, persisting the record at every transition."""
+    async def drive(
+        self, ctx: ObjectContext, record: TaskRecord[D], clock: float | None = None
+    ) -> TaskRecord[D]:
+        """Run step after step until a terminal state, persisting the record at every transition.
+
+        `clock` is the last time this invocation journaled (None if it has none yet): a step that
+        makes no journaled call (pure logic, microseconds) is timed by it, not by a clock read.
+        """
         # What wakes the task at a gate it entered in this invocation (None after a restart).
-        armed: Wake | None = None
+        armed: Armed | None = None
         while not self.machine.is_terminal(record.state):
             before = record.data.model_dump(mode="json")
             approvals_before = (len(record.approvals), len(record.intrusions))
             gate = self.machine.is_gate(record.state)
             calls = GATE_ENTRY_TOOL_CALLS if gate else 0
             step = StepContext(ctx, record, calls, functools.partial(view_of, record, self.machine))
+            step.ended_at = clock
             decision, record = await self._run_step(ctx, record, step, armed)
             record, armed = await self._apply(ctx, record, step, decision, before, approvals_before)
+            clock = record.history[-1].at
         return record
 
     async def _run_step(
-        self, ctx: ObjectContext, record: TaskRecord[D], step: StepContext[D], armed: Wake | None
+        self, ctx: ObjectContext, record: TaskRecord[D], step: StepContext[D], armed: Armed | None
     ) -> tuple[Next, TaskRecord[D]]:
         try:
             if self.machine.is_gate(step.state):
@@ -674,7 +683,7 @@ class AgentEngine(Generic[D]):
             return failed, record
 
     async def _run_gate(
-        self, ctx: ObjectContext, record: TaskRecord[D], step: StepContext[D], armed: Wake | None
+        self, ctx: ObjectContext, record: TaskRecord[D], step: StepContext[D], armed: Armed | None
     ) -> tuple[Next, TaskRecord[D]]:
         """Suspend at an approval gate until a decision or the deadline; take the declared outcome."""
         current = record
@@ -692,9 +701,10 @@ class AgentEngine(Generic[D]):
 
         if record.pending_approval is None:
             # Entered before this engine opened gates on entry: enter it now.
-            pending, armed = await enter_gate(
+            pending, woken = await enter_gate(
                 StepContext(ctx, record), self.approvals[step.state](StepContext(ctx, record))
             )
+            armed = Armed(woken)
             persist(pending)
         assert current.pending_approval is not None
         outcome, approval = await await_gate(step, current.pending_approval, armed, persist, intruded)
@@ -719,7 +729,7 @@ class AgentEngine(Generic[D]):
         decision: Next,
         before: dict[str, Any],
         approvals_before: tuple[int, int],
-    ) -> tuple[TaskRecord[D], Wake | None]:
+    ) -> tuple[TaskRecord[D], Armed | None]:
         try:
             target = transition(self.machine, record.state, decision.target)
         except IllegalTransition as exc:
@@ -731,13 +741,13 @@ class AgentEngine(Generic[D]):
                 target=target,
                 error=TaskError(state=record.state, code="illegal_transition", message=str(exc)),
             )
-        armed: Wake | None = None
+        woken: Wake | None = None
         if self.machine.is_gate(target):
             entered = await self._enter_gate(ctx, record, step, target)
             if isinstance(entered, Next):
                 decision, target = entered, entered.target
             else:
-                pending, armed = entered
+                pending, woken = entered
                 record = record.model_copy(update={"pending_approval": pending})
         now = step.ended_at if step.ended_at is not None else await self._time_of(ctx, step)
         updated = record.model_copy(
@@ -750,6 +760,8 @@ class AgentEngine(Generic[D]):
                 ],
                 "result": decision.result if decision.result is not None else record.result,
                 "error": decision.error if decision.error is not None else record.error,
+                # Only a gate state has a pending approval: leaving one clears it in this write.
+                "pending_approval": record.pending_approval if self.machine.is_gate(target) else None,
             }
         )
         after = updated.data.model_dump(mode="json")
@@ -780,9 +792,12 @@ class AgentEngine(Generic[D]):
         updated = self._seal(
             updated.model_copy(update={"unlogged": unlogged}), "transition", record.state, now, payload
         )
+        armed: Armed | None = None
         if self.machine.is_terminal(target) or self.machine.is_gate(target):
             # Before a task waits (maybe for days) or ends, the log holds its whole history.
-            updated = await self._write_events(ctx, updated)
+            updated, written_at = await self._write_events(ctx, updated)
+            if woken is not None:
+                armed = Armed(woken, written_at)
         # The crash matrix's fault switch: a no-op unless a test armed it (app/runtime/faults.py).
         crash_if_planned(updated.agent, updated.task_id, updated.event_seq)
         ctx.set(TASK_KEY, updated)
@@ -853,23 +868,22 @@ class AgentEngine(Generic[D]):
             update={"event_seq": seq, "last_event_hash": event.hash, "unlogged": [*record.unlogged, event]}
         )
 
-    async def _write_events(self, ctx: ObjectContext, record: TaskRecord[D]) -> TaskRecord[D]:
+    async def _write_events(self, ctx: ObjectContext, record: TaskRecord[D]) -> tuple[TaskRecord[D], float]:
         """Write the record's unlogged events to the log as a journaled step that must succeed
-        (retried until the log takes them); the record without them."""
-        if not record.unlogged:
-            return record
+        (retried until the log takes them); the record without them, and the time after."""
         first, last = record.unlogged[0].seq, record.unlogged[-1].seq
         snapshot = None
         if snapshot_due(record.unlogged, terminal=self.machine.is_terminal(record.state)):
             snapshot = view_of(record, self.machine).model_dump(mode="json")
-        await ctx.run_typed(
-            f"events {first}-{last}", write_events, RunOptions(type_hint=Logged), record.unlogged, snapshot
+        written = await ctx.run_typed(
+            f"events {first}-{last}", write_events, RunOptions(type_hint=Mark), record.unlogged, snapshot
         )
-        return record.model_copy(update={"unlogged": []})
+        return record.model_copy(update={"unlogged": []}), written.at
 
     async def _time_of(self, ctx: ObjectContext, step: StepContext[D]) -> float:
-        """The time of a transition whose step made no journaled call since it last could: one
-        journaled step reads the clock (and writes pending events on its way, as any call does)."""
+        """The time of a transition with no journaled time of this invocation to go by (a step that
+        failed after its last call, or a pure step right after a restart): one journaled step reads
+        the clock (and writes pending events on its way, as any call does)."""
         pending = step.pending_events()
         mark = await ctx.run_typed(
             f"{step.state} ended", stamp, RunOptions(type_hint=Mark), pending, step.snapshot_for(pending)
@@ -896,12 +910,12 @@ def snapshot_due(pending: list[Event], terminal: bool) -> bool:
     return bool(pending) and (terminal or any(item.seq % every == 0 for item in pending))
 
 
-async def write_events(pending: list[Event], snapshot: dict[str, Any] | None) -> Logged:
+async def write_events(pending: list[Event], snapshot: dict[str, Any] | None) -> Mark:
     """Write sealed events to the event log (one transaction), with the snapshot of the task's view
     as of the last of them if given; only inside `ctx.run_typed`."""
     store = store_for(get_settings().database_url)
     upto = await asyncio.to_thread(store.append_many, pending, snapshot)
-    return Logged(upto=upto)
+    return Mark(at=time.time(), logged=upto)
 
 
 async def write_events_quietly(pending: list[Event], snapshot: dict[str, Any] | None = None) -> int:
@@ -911,7 +925,7 @@ async def write_events_quietly(pending: list[Event], snapshot: dict[str, Any] | 
     if not pending:
         return 0
     try:
-        return (await write_events(pending, snapshot)).upto
+        return (await write_events(pending, snapshot)).logged
     except Exception as exc:  # the log unavailable or refusing: the step itself must not fail
         first = pending[0]
         log.warning(

@@ -19,6 +19,7 @@ from app.audit.event_log import (
     EventStore,
     archive_finished,
     create_schema,
+    event_log_url,
     new_event,
     read_archive,
     verify_store,
@@ -199,3 +200,11 @@ def test_only_old_finished_tasks_are_archived(store: EventStore, tmp_path: Path)
     )
     assert (path, moved) == (None, 0)
     assert len(store.events("AgentTask", "t-recent")) == 2
+
+
+def test_a_sqlite_databases_event_log_has_a_file_of_its_own_and_postgresqls_shares_it() -> None:
+    """One write lock per SQLite file: the log beside the tool service's file never queues behind it."""
+    assert event_log_url("sqlite:///var/agents.db") == "sqlite:///var/agents.events.db"
+    assert event_log_url("sqlite:////tmp/x/bench.sqlite3") == "sqlite:////tmp/x/bench.events.sqlite3"
+    assert event_log_url("sqlite:///:memory:") == "sqlite:///:memory:"
+    assert event_log_url(f"{POSTGRES}/test") == f"{POSTGRES}/test"

@@ -78,8 +78,9 @@ def test_archive_moves_finished_tasks_and_the_chain_still_verifies(tmp_path: Pat
             " retention",
         )
 
-        # The finished task's events left the database; the parked one's stayed.
-        database = sqlite3.connect(tmp_path / "agents.db")
+        # The finished task's events left the event log (its own file beside agents.db); the parked
+        # one's stayed.
+        database = sqlite3.connect(tmp_path / "agents.events.db")
         try:
             kept = dict(
                 database.execute("select task_id, count(*) from task_events group by task_id").fetchall()
@@ -98,7 +99,7 @@ def test_archive_moves_finished_tasks_and_the_chain_still_verifies(tmp_path: Pat
         assert json.loads(again.stdout) == {"file": None, "events": 0, "tasks": 0, "restate_records": None}
 
         # An edited event breaks its chain: verify names the first broken link and exits 6.
-        database = sqlite3.connect(tmp_path / "agents.db")
+        database = sqlite3.connect(tmp_path / "agents.events.db")
         try:
             with database:
                 database.execute(
