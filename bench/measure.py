@@ -18,6 +18,13 @@ TICKS = os.sysconf("SC_CLK_TCK")
 PARK_TIMEOUT_SECONDS = 1200.0
 # Entries and bytes (DataFusion has no length of binary: its hex encoding is twice as long).
 JOURNAL_SIZE = "select count(*) as n, sum(length(encode(raw, 'hex'))) / 2 as b from sys_journal"
+# A step of a run: what its code waits on the world for. A journaled call (`ctx.run`), a call or
+# one-way send to another service, a timer, or an awakeable's completion (the human's answer).
+# The rest (input, state reads and writes, notifications of those, output) is bookkeeping.
+STEP_ENTRIES = (
+    "'Command: Run', 'Command: Call', 'Command: OneWayCall', 'Command: Sleep', "
+    "'Notification: Signal', 'Notification: CompleteAwakeable'"
+)
 
 
 class Level(BaseModel):
@@ -39,6 +46,8 @@ class Journal(BaseModel):
 
     run_entries: int
     run_bytes: int
+    # Steps of the run (see STEP_ENTRIES): entries per step compare runs of different lengths.
+    run_steps: int = 0
     flow_entries: int
     flow_bytes: int
     flow_invocations: int
@@ -119,6 +128,9 @@ def journal_of_one_run(flow: Flow) -> Journal:
     flow.finish(invocation)
     stack = flow.stack
     [run] = stack.sql(f"{JOURNAL_SIZE} where id = '{invocation}'")
+    [steps] = stack.sql(
+        f"select count(*) as n from sys_journal where id = '{invocation}' and entry_type in ({STEP_ENTRIES})"
+    )
     # Every invocation of the flow: the run, its status polls, the gate's arbiter and the decision.
     ids = stack.sql(
         "select id from sys_invocation "
@@ -129,16 +141,18 @@ def journal_of_one_run(flow: Flow) -> Journal:
     return Journal(
         run_entries=int(run["n"]),
         run_bytes=int(run["b"] or 0),
+        run_steps=int(steps["n"]),
         flow_entries=int(every["n"]),
         flow_bytes=int(every["b"] or 0),
         flow_invocations=len(ids),
     )
 
 
-def park(flow: Flow, tasks: int, pids: Mapping[str, int], batch: int = 100) -> Parked:
-    """Start `tasks` flows and leave each waiting for its human, `batch` at a time (more at once
-    only queue up behind each other); memory before, and once Restate has suspended every one of
-    them (idle for the inactivity timeout: parked for real)."""
+def park(flow: Flow, tasks: int, pids: Mapping[str, int], window: int = 100) -> Parked:
+    """Start `tasks` flows and leave each waiting for its human, at most `window` on their way at
+    once (more only queue up behind each other, and raise the services' peak memory, which is not
+    what parked tasks cost); memory before, and once Restate has suspended every one of them (idle
+    for the inactivity timeout: parked for real)."""
     before = {name: round(rss_mib(pid), 1) for name, pid in pids.items()}
     flow.prepare(tasks)
     query = (
@@ -148,13 +162,17 @@ def park(flow: Flow, tasks: int, pids: Mapping[str, int], batch: int = 100) -> P
     already = int(flow.stack.sql(query)[0]["n"])
     started = time.monotonic()
     deadline = started + PARK_TIMEOUT_SECONDS
+    sent = 0
     with ThreadPoolExecutor(max_workers=16) as pool:
-        for first in range(0, tasks, batch):
-            list(pool.map(flow.start, range(first, min(tasks, first + batch))))
-            wanted = already + min(tasks, first + batch)
-            while int(flow.stack.sql(query)[0]["n"]) < wanted:
-                if time.monotonic() > deadline:
-                    raise FlowError(f"{flow.name}: not all parked after {PARK_TIMEOUT_SECONDS:.0f} s")
+        while (parked := int(flow.stack.sql(query)[0]["n"]) - already) < tasks:
+            if time.monotonic() > deadline:
+                raise FlowError(f"{flow.name}: {parked} of {tasks} parked after {PARK_TIMEOUT_SECONDS:.0f} s")
+            # A sliding window, not batches: a batch waits for its slowest before the next starts.
+            room = min(tasks - sent, window - (sent - parked))
+            if room > 0:
+                list(pool.map(flow.start, range(sent, sent + room)))
+                sent += room
+            else:
                 time.sleep(0.2)
     seconds = time.monotonic() - started
     after = {name: round(rss_mib(pid), 1) for name, pid in pids.items()}

@@ -81,17 +81,27 @@ def cpu_table(section: dict[str, Any], level: str) -> list[str]:
 def journal_table(section: dict[str, Any], floor: dict[str, Any]) -> list[str]:
     base = floor["journal"]
     lines = [
-        "| flow | run: entries / bytes | x floor (entries) | whole flow: invocations, entries / bytes |",
-        "|---|---|---|---|",
+        "| flow | run: entries / bytes | x floor (entries) | run: steps, entries per step · x floor |"
+        " whole flow: invocations, entries / bytes |",
+        "|---|---|---|---|---|",
     ]
     for name, measured in section.items():
         j = measured["journal"]
         lines.append(
             f"| {name} | {j['run_entries']} / {j['run_bytes']:,} |"
             f" {ratio(j['run_entries'], base['run_entries'])} |"
+            f" {per_step(j, base)} |"
             f" {j['flow_invocations']}, {j['flow_entries']} / {j['flow_bytes']:,} |"
         )
     return lines
+
+
+def per_step(journal: dict[str, Any], base: dict[str, Any]) -> str:
+    """Entries per step (a journaled call, a call, a timer, an awakeable's answer), against the floor's."""
+    if not journal.get("run_steps") or not base.get("run_steps"):
+        return "-"
+    ours, floors = journal["run_entries"] / journal["run_steps"], base["run_entries"] / base["run_steps"]
+    return f"{journal['run_steps']}, {ours:.2f} · {ratio(ours, floors)}"
 
 
 def parked_table(section: dict[str, Any]) -> list[str]:
@@ -157,23 +167,28 @@ def render(results: dict[str, Any]) -> str:
 
 
 def optimisations(record: dict[str, Any]) -> list[str]:
-    """What each cut bought: the same bench code run at the commit before the cuts and after each."""
-    lines = [
-        "## What each cut bought",
-        "",
-        record["how"],
-        "",
-        "| after | commit | AgentTask flows/s | CPU ms per flow (restate / agent / tools) | p50 / p99 ms |"
-        " whole-flow journal: invocations, entries / bytes |",
-        "|---|---|---|---|---|---|",
-    ]
-    for step in record["steps"]:
-        lines.append(
-            f"| {step['change']} | `{step['commit']}` | {step['flows_per_second']:.1f} |"
-            f" {step['cpu_total']:.0f} ({step['cpu_restate']:.0f} / {step['cpu_agent']:.0f} /"
-            f" {step['cpu_tools']:.0f}) | {step['p50']:.0f} / {step['p99']:.0f} |"
-            f" {step['invocations']}, {step['entries']} / {step['bytes']:,} |"
-        )
+    """What each cut bought: each round runs one version of the bench code at the commit before its
+    cuts and after each, so the rows of a round compare with each other (not across rounds)."""
+    lines = ["## What each cut bought"]
+    for round_ in record["rounds"]:
+        lines += [
+            "",
+            f"### {round_['title']}",
+            "",
+            round_["how"],
+            "",
+            "| after | commit | AgentTask flows/s | CPU ms per flow (restate / agent / tools) |"
+            " p50 / p99 ms | run journal: entries | whole-flow journal: invocations, entries / bytes |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for step in round_["steps"]:
+            lines.append(
+                f"| {step['change']} | `{step['commit']}` | {step['flows_per_second']:.1f} |"
+                f" {step['cpu_total']:.0f} ({step['cpu_restate']:.0f} / {step['cpu_agent']:.0f} /"
+                f" {step['cpu_tools']:.0f}) | {step['p50']:.0f} / {step['p99']:.0f} |"
+                f" {step.get('run_entries', '-')} |"
+                f" {step['invocations']}, {step['entries']} / {step['bytes']:,} |"
+            )
     return lines
 
 
@@ -194,14 +209,33 @@ def distance(results: dict[str, Any], levels: list[str]) -> list[str]:
         f"Its run journals {section['AgentTask']['journal']['run_entries']} entries against the floor's "
         f"{section[FLOOR]['journal']['run_entries']}.",
         "",
-        "Where the difference goes (profiled in issue 12 with py-spy and strace; not yet cut): each flow "
-        "brings several invocations through the agent service's HTTP/2 endpoint (the run, the gate's "
-        "arbiter, the decision, the status polls an inbox makes to see it wait) where the floor has one or "
-        "two; the engine journals a timestamp and an event-log step per transition and rewrites the whole "
-        "task record at every transition; and the event log and the tool service commit to one SQLite "
-        "file and contend for its lock. Cut so far: the tool catalog is built once (it was rebuilt with "
-        "its JSON schemas on every read), and status calls are kept a minute without a journal (Restate "
-        "kept every poll, with its journal, for 7 days).",
+        "Where the difference goes (py-spy of the agent and tool services, thread CPU of restate-server, "
+        "the history timestamps of flows under load): the cost is in round trips and invocations, not in "
+        "product code. Each journaled step is a round trip to restate-server that a handler waits on "
+        "(about 40-50 ms each at 16 in flight here, a few ms alone), and a flow has about 14 in a row "
+        "against the floor's 6: the work itself (the user's history, the analysis, the tool catalog and "
+        "the plan, the ticket, the verification: one call each), the gate (its policy, opening its "
+        "arbiter, the request, the event write before the task waits, asking the arbiter what woke it, "
+        "closing the ticket) and the final event write. Each flow is also 6 or 7 invocations through the "
+        "agent service's HTTP/2 endpoint (the run, the arbiter's open / decide / outcome, the webhook's "
+        "decision, the status polls an inbox makes) where the floor has 1 and its polls; every invocation "
+        "costs restate-server and the SDK's HTTP/2 serving CPU, which is most of the agent service's own. "
+        "What is left of the engine's own bookkeeping is one state write per transition (no clock read, "
+        "no event step: see below) and two event writes per gated run.",
+        "",
+        "Cut in issue 12: a transition is one journal entry (its time from the step's journaled call, "
+        "its event sealed in the handler, kept in the task record and written to the log alongside the "
+        "next call); the SQLite event log has a file of its own (its commits queued behind the tool "
+        "service's write lock); a tool call with no slow step claims its key, acts and completes in one "
+        "transaction; the arbiter learns the approval ticket when it opens (no call after the ticket "
+        "exists); the tool catalog is built once; status calls are kept a minute without a journal.",
+        "",
+        "Not cut, and why: the gate's calls to its arbiter (a wake is never trusted without asking it, "
+        "and the arbiter is open before anyone is asked to decide: both are the security design); the "
+        "agents' own steps; the HTTP/2 serving and the httpx client (the SDK's and the libraries'); the "
+        "per-step round trip itself (restate-server's). Under 16 flows in flight the two cores are "
+        "about three quarters busy, so the remaining distance is as much latency (round trips in a row) "
+        "as CPU.",
         "",
         "The client is Python (httpx, a thread per flow in flight): its own CPU per flow is shown apart. "
         "At high concurrency it costs about as much per floor flow as the floor's processes do, so it "

@@ -53,6 +53,7 @@ from app.gates.models import (
     approval_hash,
 )
 from app.settings import get_settings
+from common.ids import APPROVAL_TICKET_PREFIX, derive_id
 
 # Tools the gate itself calls; never offered to a planner, so a model cannot open or close gates.
 GATE_TOOLS = frozenset({"request_approval", "remind_approval", "close_approval"})
@@ -89,6 +90,10 @@ class GateStep(Protocol):
     state: str
 
     async def call_tool(self, name: str, args: dict[str, Any]) -> ToolAnswer: ...
+
+    def next_idempotency_key(self) -> str:
+        """The Idempotency-Key the next `call_tool` will send."""
+        ...
 
 
 def read_gate_policy(approvers: list[str] | None, escalation_approver: str | None) -> GatePolicy:
@@ -133,6 +138,9 @@ async def enter_gate(step: GateStep, request: ApprovalRequest) -> tuple[PendingA
         details=request.details,
         approval_hash=approval_hash(request.summary, request.details),
         approvers=policy.approvers,
+        # The ticket the request below opens (its id is derived from the call's key): the arbiter
+        # shows it from the start, with no call to tell it after the ticket exists.
+        approval_ticket_id=derive_id(APPROVAL_TICKET_PREFIX, step.next_idempotency_key()),
         requested_at=now,
         deadline=deadline,
         reminder_at=deadline - before if 0 < before < policy.timeout_seconds else None,
@@ -158,12 +166,14 @@ async def enter_gate(step: GateStep, request: ApprovalRequest) -> tuple[PendingA
         await ctx.object_call(close_gate, key=key, arg=Empty())
         raise
     ticket_id = str(ticket.result["approval_ticket_id"])
-    # One-way: the arbiter shows the ticket in the approvals list; the task need not wait for it.
-    ctx.object_send(
-        attach_ticket,
-        key=key,
-        arg=AttachTicket(approval_hash=pending.approval_hash, approval_ticket_id=ticket_id),
-    )
+    if ticket_id != pending.approval_ticket_id:
+        # The gate already had an open ticket (asked under another key by an earlier visit): tell
+        # the arbiter which. One-way: the task need not wait for it.
+        ctx.object_send(
+            attach_ticket,
+            key=key,
+            arg=AttachTicket(approval_hash=pending.approval_hash, approval_ticket_id=ticket_id),
+        )
     return pending.model_copy(update={"approval_ticket_id": ticket_id}), woken
 
 

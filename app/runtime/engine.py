@@ -411,6 +411,9 @@ class StepContext(Generic[D]):
             return f"{self.agent}:{task}:{self.state}.{self.visit}:{index}"
         return f"{self.agent}:{task}:{self.key_salt}:{self.state}.{self.visit}:{index}"
 
+    def next_idempotency_key(self) -> str:
+        return self.idempotency_key(self._tool_calls)
+
     async def call_tool(self, name: str, args: Mapping[str, Any]) -> ToolResult:
         """Call a tool through the tool service, journaled, with this call's derived Idempotency-Key."""
         index = self._tool_calls

@@ -34,6 +34,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from common.db import make_engine, utc_now
+from common.ids import derive_id
 from tools.domains.expense.expenses import (
     EXPENSE_ID_PREFIX,
     SUBMISSION_MAX_BYTES,
@@ -52,7 +53,7 @@ from tools.domains.generic.tickets import list_tickets
 from tools.service.approval_tickets import ApprovalTicketQuery, get_approval_ticket, list_approval_tickets
 from tools.service.auth import Credential, calling_agent, require
 from tools.service.db import make_session_factory
-from tools.service.definition import Tool, ToolCall, ToolError, ToolFailure, derive_id
+from tools.service.definition import Tool, ToolCall, ToolError, ToolFailure
 from tools.service.dispatcher import Dispatcher
 from tools.service.errors import ApiError, error_body
 from tools.service.idempotency import (

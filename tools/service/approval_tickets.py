@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from common.db import UTCDateTime
+from common.ids import APPROVAL_TICKET_PREFIX
 from tools.service.db import Base
 from tools.service.definition import Tool, ToolArgs, ToolCall, ToolError, ToolResult
 from tools.service.outbox import Message, fit_subject, queue_messages
@@ -204,7 +205,7 @@ def request_approval(call: ToolCall, args: RequestApprovalArgs) -> ApprovalReque
         # of the state): answer with it and notify nobody again.
         return _already_open(existing, args)
     ticket = ApprovalTicket(
-        ticket_id=call.derived_id("APR"),
+        ticket_id=call.derived_id(APPROVAL_TICKET_PREFIX),
         idempotency_key=call.idempotency_key,
         agent=args.agent,
         task_id=args.task_id,

@@ -6,7 +6,6 @@ Idempotency-Key done, so its effect and the stored response commit together or n
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,6 +14,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.orm import Session, sessionmaker
 
+from common.ids import derive_id
 from tools.service.settings import ToolsSettings
 
 
@@ -60,12 +60,6 @@ class ToolFailure(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-
-
-def derive_id(prefix: str, idempotency_key: str) -> str:
-    """`{prefix}-` + 12 hex of sha256(key): the id of the row the request with that key creates."""
-    digest = hashlib.sha256(idempotency_key.encode("utf-8")).hexdigest()
-    return f"{prefix}-{digest[:12]}"
 
 
 @dataclass(frozen=True)
