@@ -88,6 +88,10 @@ class GateStep(Protocol):
     agent: str
     task_id: str
     state: str
+    # The gate policy the task was seeded with (None for tasks created before it was), and the
+    # end of the task's last journaled call in this invocation (None if none).
+    gate_defaults: GatePolicy | None
+    ended_at: float | None
 
     async def call_tool(self, name: str, args: dict[str, Any]) -> ToolAnswer: ...
 
@@ -96,19 +100,36 @@ class GateStep(Protocol):
         ...
 
 
-def read_gate_policy(approvers: list[str] | None, escalation_approver: str | None) -> GatePolicy:
-    """Settings as they are now; journaled, so a restart with other settings never changes a gate.
-
-    The agent's own approvers (e.g. from expense routing) win over the settings' defaults.
-    """
+def gate_defaults() -> GatePolicy:
+    """The settings' gate policy as they are now. Read inside a journaled step (the task's seed,
+    when it is created), so a restart with other settings never changes a task's gates."""
     settings = get_settings()
     return GatePolicy(
         timeout_seconds=settings.approval_timeout_seconds,
         reminder_before_seconds=settings.approval_reminder_before_seconds,
-        approvers=list(dict.fromkeys(approvers or settings.approvers)),
-        escalation_approver=escalation_approver or settings.approval_escalation_approver,
+        approvers=list(dict.fromkeys(settings.approvers)),
+        escalation_approver=settings.approval_escalation_approver,
         read_at=time.time(),
     )
+
+
+def for_request(
+    defaults: GatePolicy, approvers: list[str] | None, escalation_approver: str | None
+) -> GatePolicy:
+    """The policy of one gate: the agent's own approvers (e.g. from expense routing) win over the
+    defaults. Pure, so it runs in the handler on journaled values."""
+    return defaults.model_copy(
+        update={
+            "approvers": list(dict.fromkeys(approvers or defaults.approvers)),
+            "escalation_approver": escalation_approver or defaults.escalation_approver,
+        }
+    )
+
+
+def read_gate_policy(approvers: list[str] | None, escalation_approver: str | None) -> GatePolicy:
+    """A gate's policy from the settings as they are now, for a task whose seed has none (created
+    before tasks were seeded with it); journaled, as the seed is."""
+    return for_request(gate_defaults(), approvers, escalation_approver)
 
 
 def _iso(at: float) -> str:
@@ -118,14 +139,20 @@ def _iso(at: float) -> str:
 async def enter_gate(step: GateStep, request: ApprovalRequest) -> tuple[PendingApproval, Wake]:
     """Open the arbiter, then ask for the approval; the pending approval and what wakes the task."""
     ctx = step.ctx
-    policy = await ctx.run_typed(
-        f"{step.state} gate policy",
-        read_gate_policy,
-        RunOptions(type_hint=GatePolicy),
-        approvers=request.approvers,
-        escalation_approver=request.escalation_approver,
-    )
-    now = policy.read_at
+    if step.gate_defaults is not None and step.ended_at is not None:
+        # The task's seeded policy, and the time of its last journaled call (microseconds ago:
+        # the step that decided to come here): no journaled step of its own.
+        policy = for_request(step.gate_defaults, request.approvers, request.escalation_approver)
+        now = step.ended_at
+    else:
+        policy = await ctx.run_typed(
+            f"{step.state} gate policy",
+            read_gate_policy,
+            RunOptions(type_hint=GatePolicy),
+            approvers=request.approvers,
+            escalation_approver=request.escalation_approver,
+        )
+        now = policy.read_at
     awakeable_id, woken = ctx.awakeable(serde=BytesSerde())
     deadline = now + policy.timeout_seconds
     before = policy.reminder_before_seconds

@@ -34,8 +34,8 @@ from restate import ObjectContext, ObjectSharedContext, RunOptions, TerminalErro
 from restate.serde import BytesSerde
 
 from app.audit.event_log import GENESIS, Event, EventDraft, new_event, store_for
-from app.gates.models import ApprovalRecord, ApprovalRequest, GateIntrusion, PendingApproval
-from app.gates.waiting import GATE_ENTRY_TOOL_CALLS, Armed, Wake, await_gate, enter_gate
+from app.gates.models import ApprovalRecord, ApprovalRequest, GateIntrusion, GatePolicy, PendingApproval
+from app.gates.waiting import GATE_ENTRY_TOOL_CALLS, Armed, Wake, await_gate, enter_gate, gate_defaults
 from app.llm import LlmTask, current_model, structured_by
 from app.llm.port import InT, OutT
 from app.runtime import tool_client
@@ -140,6 +140,9 @@ class TaskRecord(BaseModel, Generic[D]):
     intrusions: list[GateIntrusion] = Field(default_factory=list)
     # How a stalled step waits between retry rounds, read from settings when the task was created.
     stall_policy: StallPolicy = Field(default_factory=StallPolicy)
+    # The approval gate policy the task was seeded with (timeouts, default approvers); None for
+    # tasks created before it was, whose gates read the settings when they open.
+    gate_policy: GatePolicy | None = None
     # Events sealed but not yet known to be in the event log (the chain head above includes them):
     # durable here, in Restate, until a journaled step reports them written.
     unlogged: list[Event] = Field(default_factory=list)
@@ -321,6 +324,8 @@ class TaskSeed(BaseModel):
     # Empty in seeds journaled before tasks were pinned to a model.
     model: str = ""
     stall_policy: StallPolicy = Field(default_factory=StallPolicy)
+    # The settings' approval gate policy (None in seeds journaled before tasks were seeded with it).
+    gate_policy: GatePolicy | None = None
 
 
 def new_task_seed() -> TaskSeed:
@@ -333,6 +338,7 @@ def new_task_seed() -> TaskSeed:
         stall_policy=StallPolicy(
             initial_seconds=settings.stall_retry_initial_seconds, max_seconds=settings.stall_retry_max_seconds
         ),
+        gate_policy=gate_defaults(),
     )
 
 
@@ -376,6 +382,7 @@ class StepContext(Generic[D]):
         # switches a task's model mid-way (its journal would no longer match).
         self.model = record.model
         self.stall_policy = record.stall_policy
+        self.gate_defaults = record.gate_policy
         # Outages this step waited out, for the audit record of the transition that ends it.
         self.stalls: list[StallRecord] = []
         # A state visited again (a loop) gets fresh keys; a replay of the same visit the same keys.
@@ -625,6 +632,7 @@ class AgentEngine(Generic[D]):
                 history=[Transition(from_state=None, to_state=self.machine.initial, at=now, note="created")],
                 data=initial_data,
                 key_salt=seed.key_salt,
+                gate_policy=seed.gate_policy,
             )
             record = self._seal(
                 record, "created", None, now, {"input": payload.model_dump(mode="json"), "model": model_name}
@@ -825,6 +833,7 @@ class AgentEngine(Generic[D]):
         # Outages waited out while opening the gate belong to this transition's record too.
         at_gate.stalls = step.stalls
         at_gate.logged = step.logged
+        at_gate.ended_at = step.ended_at
         try:
             entered = await enter_gate(at_gate, self.approvals[gate](at_gate))
             # The transition into the gate is timed by the gate's last call (the request).
