@@ -207,16 +207,18 @@ def distance(results: dict[str, Any], levels: list[str]) -> list[str]:
         f"{ratio(ours['flows_per_second'], floor_level['flows_per_second'])} the floor's flows/s and costs "
         f"{our_cpu:.0f} CPU ms per flow against the floor's {floor_cpu:.0f}. "
         f"Its run journals {section['AgentTask']['journal']['run_entries']} entries against the floor's "
-        f"{section[FLOOR]['journal']['run_entries']}.",
+        f"{section[FLOOR]['journal']['run_entries']}"
+        + steps_sentence(section["AgentTask"]["journal"], section[FLOOR]["journal"])
+        + parked_sentence(section.get("AgentTask", {}).get("parked")),
         "",
         "Where the difference goes (py-spy of the agent and tool services, thread CPU of restate-server, "
         "the history timestamps of flows under load): the cost is in round trips and invocations, not in "
         "product code. Each journaled step is a round trip to restate-server that a handler waits on "
-        "(about 40-50 ms each at 16 in flight here, a few ms alone), and a flow has about 14 in a row "
+        "(about 40-50 ms each at 16 in flight here, a few ms alone), and a gated flow has 13 in a row "
         "against the floor's 6: the work itself (the user's history, the analysis, the tool catalog and "
-        "the plan, the ticket, the verification: one call each), the gate (its policy, opening its "
-        "arbiter, the request, the event write before the task waits, asking the arbiter what woke it, "
-        "closing the ticket) and the final event write. Each flow is also 6 or 7 invocations through the "
+        "the plan, the ticket, the verification: one call each), the gate (opening its arbiter, the "
+        "request, the event write before the task waits, asking the arbiter what woke it, closing the "
+        "ticket) and the final event write. Each flow is also 6 invocations through the "
         "agent service's HTTP/2 endpoint (the run, the arbiter's open / decide / outcome, the webhook's "
         "decision, the status polls an inbox makes) where the floor has 1 and its polls; every invocation "
         "costs restate-server and the SDK's HTTP/2 serving CPU, which is most of the agent service's own. "
@@ -228,7 +230,8 @@ def distance(results: dict[str, Any], levels: list[str]) -> list[str]:
         "next call); the SQLite event log has a file of its own (its commits queued behind the tool "
         "service's write lock); a tool call with no slow step claims its key, acts and completes in one "
         "transaction; the arbiter learns the approval ticket when it opens (no call after the ticket "
-        "exists); the tool catalog is built once; status calls are kept a minute without a journal.",
+        "exists); a task is seeded with its gates' policy (no read of it at the gate); the tool catalog "
+        "is built once; status calls are kept a minute without a journal.",
         "",
         "Not cut, and why: the gate's calls to its arbiter (a wake is never trusted without asking it, "
         "and the arbiter is open before anyone is asked to decide: both are the security design); the "
@@ -241,6 +244,27 @@ def distance(results: dict[str, Any], levels: list[str]) -> list[str]:
         "At high concurrency it costs about as much per floor flow as the floor's processes do, so it "
         "caps the floor's rate, and the ratios above flatter us.",
     ]
+
+
+def steps_sentence(journal: dict[str, Any], base: dict[str, Any]) -> str:
+    if not journal.get("run_steps") or not base.get("run_steps"):
+        return "."
+    ours, floors = journal["run_entries"] / journal["run_steps"], base["run_entries"] / base["run_steps"]
+    return (
+        f": {ours:.2f} entries per step over its {journal['run_steps']} steps, against the floor's"
+        f" {floors:.2f} over {base['run_steps']} ({ratio(ours, floors)})."
+    )
+
+
+def parked_sentence(parked: dict[str, Any] | None) -> str:
+    if not parked:
+        return ""
+    before, after = parked["rss_mib_before"], parked["rss_mib_after"]
+    grew = {process: after[process] - before[process] for process in ("agent service", "restate-server")}
+    return (
+        f" With {parked['tasks']:,} tasks parked at their gate the agent service's RSS grew by"
+        f" {grew['agent service']:.0f} MiB and restate-server's by {grew['restate-server']:.0f} MiB."
+    )
 
 
 def write_report(results: dict[str, Any], target: Path) -> None:
