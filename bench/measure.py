@@ -155,7 +155,7 @@ def journal_of_one_run(flow: Flow) -> Journal:
 PARK_POLL_SECONDS = 1.0
 
 
-def park(flow: Flow, tasks: int, pids: Mapping[str, int], window: int = 300) -> Parked:
+def park(flow: Flow, tasks: int, pids: Mapping[str, int], window: int = 100) -> Parked:
     """Start `tasks` flows and leave each waiting for its human, at most `window` on their way at
     once (more only queue up behind each other, and raise the services' peak memory, which is not
     what parked tasks cost); memory before, and once Restate has suspended every one of them (idle
