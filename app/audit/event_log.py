@@ -37,7 +37,6 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from common.db import make_engine, normalize_database_url
@@ -178,31 +177,25 @@ class EventStore:
             yield session
 
     def append(self, item: Event, snapshot: dict[str, Any] | None = None) -> Appended:
-        """Insert one event (and its snapshot); the same event again is a no-op, checked by hash.
-        A stored event is never changed: other content under its id is refused."""
-        try:
-            with self.session() as session:
-                session.add(_row_of(item))
-                if snapshot is not None:
-                    session.add(_snapshot_of(item, snapshot))
-            return Appended(event_id=item.event_id, hash=item.hash, replayed=False)
-        except IntegrityError:
-            with self.session() as session:
-                existing = session.scalar(select(TaskEvent).where(TaskEvent.event_id == item.event_id))
-            if existing is None or existing.hash != item.hash:
-                raise EventConflictError(
-                    f"event {item.event_id} exists with other content: the log refuses to change it"
-                ) from None
-            return Appended(event_id=item.event_id, hash=item.hash, replayed=True)
+        """One event (and its snapshot), as `append_many` writes it, saying whether it was there."""
+        written = self._write([item], snapshot)
+        return Appended(event_id=item.event_id, hash=item.hash, replayed=not written)
 
     def append_many(self, items: Sequence[Event], snapshot: dict[str, Any] | None = None) -> int:
         """Write a task's events in one transaction, with a snapshot of its view as of the last of
-        them if given; returns the highest seq now in the log. Events already there are checked by
-        hash and left alone, so a retried write is a no-op; one stored with other content is
-        refused (the log never changes)."""
+        them if given; returns the highest seq now in the log (0 for none)."""
+        self._write(items, snapshot)
+        return items[-1].seq if items else 0
+
+    def _write(self, items: Sequence[Event], snapshot: dict[str, Any] | None) -> int:
+        """Insert the events not yet stored, in one transaction; returns how many were new. Events
+        already there are checked by hash and left alone, so a retried write is a no-op; one stored
+        with other content is refused (the log never changes). The snapshot goes with the last
+        event, if that one is new."""
         if not items:
             return 0
         ids = [item.event_id for item in items]
+        written = 0
         with self.session() as session:
             stored = dict(
                 session.execute(
@@ -217,9 +210,10 @@ class EventStore:
                         )
                     continue
                 session.add(_row_of(item))
+                written += 1
                 if snapshot is not None and item is items[-1]:
                     session.add(_snapshot_of(item, snapshot))
-        return items[-1].seq
+        return written
 
     def events(self, agent: str, task_id: str) -> list[Event]:
         with self.session() as session:
