@@ -11,12 +11,31 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.environment import Environment, parse_environment, resolve_secrets
 
-DEFAULT_DATABASE_URL = f"sqlite:///{Path('var/agents.db').resolve()}"
+
+def default_database_url() -> str:
+    """The SQLite file under the current directory's var/ (the checkout, for `make demo`)."""
+    return f"sqlite:///{Path('var/agents.db').resolve()}"
+
+
+DEFAULT_DATABASE_URL = default_database_url()
 # Well known, so usable only with ENV=development (common/environment.py refuses them otherwise).
 DEV_WEBHOOK_SECRET = "dev-approval-webhook-secret"
 DEV_OPERATOR_TOKEN = "dev-operator-token"
 DEV_TOOLS_API_TOKEN = "dev-tools-api-token"
 PUBLIC_KEY_PREFIX = "publickeyv1_"
+
+
+class DatabaseSetting(BaseSettings):
+    """DATABASE_URL alone, read as `Settings` reads it (the environment, then `.env`): for tools
+    that read the service's database and need none of its secrets (agentctl)."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_ignore_empty=True, extra="ignore")
+
+    database_url: str = Field(default_factory=default_database_url, alias="DATABASE_URL")
+
+
+def configured_database_url() -> str:
+    return DatabaseSetting().database_url
 
 
 class Settings(BaseSettings):

@@ -39,9 +39,9 @@ from starlette.routing import Route
 from app.approvals import signature
 from app.approvals.identity import CredentialStore, credentials_for
 from app.approvals.inbox_page import inbox_page
+from app.console.tasks import OPEN_GATES_QUERY, open_gates
 from app.gates import proof
-from app.gates.models import DecideInput, GateState, InboxDecision, ProvenDecision, WebhookDecision
-from app.runtime.engine import PendingApprovalView
+from app.gates.models import DecideInput, InboxDecision, ProvenDecision, WebhookDecision
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -209,35 +209,17 @@ class ApprovalsSurface:
         approver = await self._approver(token)
         if approver is None and not (token is not None and self._is_operator(token)):
             return _unauthorized("an approver credential or the operator token is required")
-        query = (
-            "SELECT service_key, value_utf8 FROM state "
-            "WHERE service_name = 'ApprovalGate' AND key = 'gate' AND value_utf8 LIKE '%\"status\":\"open\"%'"
-        )
         try:
             response = await self._http().post(
                 f"{self.settings.restate_admin_url}/query",
-                json={"query": query},
+                json={"query": OPEN_GATES_QUERY},
                 headers={"accept": "application/json"},
             )
         except httpx.TransportError:
             return _unavailable("restate_unavailable", "Restate's admin API is unreachable")
         if response.status_code != 200:
             return error(502, "restate_error", f"Restate answered {response.status_code} to the state query")
-        pending = []
-        for row in response.json().get("rows", []):
-            gate = GateState.model_validate_json(row["value_utf8"])
-            if gate.status != "open":
-                continue
-            view = PendingApprovalView.of(gate.pending).model_dump(mode="json")
-            pending.append(
-                {
-                    "agent": gate.pending.agent,
-                    "task_id": gate.pending.task_id,
-                    **view,
-                    "may_decide": approver is not None and approver in gate.pending.approvers,
-                }
-            )
-        pending.sort(key=lambda item: item["deadline"])
+        pending = [row.as_listed(approver) for row in open_gates(response.json().get("rows", []))]
         return JSONResponse({"signed_in_as": approver, "approvals": pending})
 
     async def health(self, _: Request) -> Response:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,9 +33,13 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    and_,
     delete,
+    func,
+    not_,
     select,
     text,
+    tuple_,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -240,6 +244,95 @@ class EventStore:
     def head(self, agent: str, task_id: str) -> ChainHead | None:
         with self.session() as session:
             return session.get(ChainHead, (agent, task_id))
+
+    def heads(self, selection: HeadSelection) -> tuple[int, list[TaskHead]]:
+        """The tasks `selection` picks, each as of its last event, newest task first: how many
+        match in all, and the page `selection.offset`, `selection.limit` of them."""
+        per_task = (
+            select(
+                TaskEvent.agent,
+                TaskEvent.task_id,
+                func.min(TaskEvent.at).label("created_at"),
+                func.max(TaskEvent.seq).label("last_seq"),
+                func.count().label("events"),
+            )
+            .group_by(TaskEvent.agent, TaskEvent.task_id)
+            .subquery()
+        )
+        last = TaskEvent
+        joined = select(per_task, last.to_state, last.at, last.payload).join(
+            last,
+            and_(
+                last.agent == per_task.c.agent,
+                last.task_id == per_task.c.task_id,
+                last.seq == per_task.c.last_seq,
+            ),
+        )
+        conditions = list(selection.conditions(per_task.c.agent, per_task.c.task_id, last.to_state))
+        if conditions:
+            joined = joined.where(*conditions)
+        with self.session() as session:
+            total = session.scalar(select(func.count()).select_from(joined.subquery())) or 0
+            rows = session.execute(
+                joined.order_by(per_task.c.created_at.desc(), per_task.c.agent, per_task.c.task_id)
+                .offset(selection.offset)
+                .limit(selection.limit)
+            ).all()
+        return total, [
+            TaskHead(
+                agent=row.agent,
+                task_id=row.task_id,
+                state=row.to_state,
+                created_at=row.created_at,
+                updated_at=row.at,
+                events=row.events,
+                last_payload=json.loads(row.payload),
+            )
+            for row in rows
+        ]
+
+
+@dataclass(frozen=True)
+class HeadSelection:
+    """Which tasks `EventStore.heads` lists. States and tasks are (agent, name) pairs: a state
+    name means something only within its agent's machine."""
+
+    agent: str | None = None
+    # A substring of the task id.
+    search: str | None = None
+    states: Collection[tuple[str, str]] | None = None
+    not_states: Collection[tuple[str, str]] = ()
+    tasks: Collection[tuple[str, str]] | None = None
+    not_tasks: Collection[tuple[str, str]] = ()
+    offset: int = 0
+    limit: int = 50
+
+    def conditions(self, agent: Any, task_id: Any, state: Any) -> Iterator[Any]:
+        if self.agent is not None:
+            yield agent == self.agent
+        if self.search:
+            yield task_id.contains(self.search, autoescape=True)
+        if self.states is not None:
+            yield tuple_(agent, state).in_(list(self.states)) if self.states else text("1 = 0")
+        if self.not_states:
+            yield not_(tuple_(agent, state).in_(list(self.not_states)))
+        if self.tasks is not None:
+            yield tuple_(agent, task_id).in_(list(self.tasks)) if self.tasks else text("1 = 0")
+        if self.not_tasks:
+            yield not_(tuple_(agent, task_id).in_(list(self.not_tasks)))
+
+
+class TaskHead(BaseModel):
+    """A task as of its last logged event (the log is written with the step after a transition,
+    so a task that is between two steps may show the state it is leaving)."""
+
+    agent: str
+    task_id: str
+    state: str
+    created_at: float
+    updated_at: float
+    events: int
+    last_payload: dict[str, Any]
 
 
 class EventConflictError(RuntimeError):

@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.cli.audit import cmd_archive, cmd_timeline, cmd_verify
 from app.cli.common import (
     EXIT_BROKEN,
+    EXIT_CLOSED_PIPE,
     EXIT_CODES,
     EXIT_FAILED,
     EXIT_NOT_FOUND,
@@ -39,9 +40,11 @@ from app.cli.common import (
 from app.cli.decisions import cmd_approvers, cmd_decide
 from app.cli.deployments import cmd_deployments
 from app.cli.journal import cmd_journal
+from app.cli.listing import cmd_failed, cmd_list, cmd_pending
 from app.cli.operations import cmd_cancel, cmd_resume
 from app.cli.tasks import cmd_diagram, cmd_start, cmd_status, cmd_watch
-from app.settings import DEFAULT_DATABASE_URL
+from app.console.tasks import MAX_PAGE, STATUSES
+from app.settings import configured_database_url, default_database_url
 
 
 def _exits(*codes: int) -> str:
@@ -72,8 +75,11 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     )
     group.add_argument(
         "--database-url",
-        default=default(os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL),
-        help="the event log's database ($DATABASE_URL, default the service's SQLite file)",
+        default=default(configured_database_url()),
+        help=(
+            "the service's database ($DATABASE_URL or .env, as the service reads it; default "
+            "var/agents.db under the current directory). A SQLite file must exist: never created here"
+        ),
     )
     group.add_argument(
         "--json",
@@ -179,6 +185,47 @@ def build_parser() -> argparse.ArgumentParser:
         )
         decide.set_defaults(handler=cmd_decide)
 
+    def listing(sub: argparse.ArgumentParser, *, states: bool) -> None:
+        sub.add_argument("--agent", help="only this agent's tasks, e.g. ExpenseReport")
+        if states:
+            sub.add_argument(
+                "--state",
+                choices=STATUSES,
+                help="running, waiting (at a gate), stalled (on an outage), failed or complete",
+            )
+        sub.add_argument("--search", metavar="TEXT", help="only task ids containing TEXT")
+        sub.add_argument(
+            "--limit", type=int, default=50, help=f"at most N tasks (1-{MAX_PAGE}, default 50)", metavar="N"
+        )
+        sub.add_argument(
+            "--offset", type=int, default=0, help="skip the first N (the next page)", metavar="N"
+        )
+
+    tasks = command(
+        "list",
+        "List tasks, newest first, from the event log (with stalls from Restate).",
+        [EXIT_OK, EXIT_USAGE, EXIT_UNREACHABLE],
+    )
+    listing(tasks, states=True)
+    tasks.set_defaults(handler=cmd_list)
+
+    failed = command(
+        "failed",
+        "List the tasks that ended FAILED, newest first, with their error.",
+        [EXIT_OK, EXIT_USAGE, EXIT_UNREACHABLE],
+    )
+    listing(failed, states=False)
+    failed.set_defaults(handler=cmd_failed)
+
+    pending = command(
+        "pending",
+        "List the approvals waiting for a decision, soonest deadline first (from Restate).",
+        [EXIT_OK, EXIT_UNREACHABLE],
+    )
+    pending.add_argument("--agent", help="only this agent's approvals")
+    pending.add_argument("--approver", help="only those this approver may decide")
+    pending.set_defaults(handler=cmd_pending)
+
     resume = command(
         "resume",
         "Retry a stalled task's step now (it waits out an outage), or resume a run Restate paused.",
@@ -277,10 +324,13 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
         json=args.json,
         out=out or sys.stdout,
         err=err or sys.stderr,
+        database_source=_database_source(argv if argv is not None else sys.argv[1:], args.database_url),
     )
     handler: Callable[[Config, argparse.Namespace], int] = args.handler
     try:
         return handler(config, args)
+    except BrokenPipeError:
+        return _closed_pipe(config)
     except CliError as exc:
         config.err.write(f"agentctl {args.command}: {exc.message}\n")
         return exc.code
@@ -290,6 +340,28 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
     except KeyboardInterrupt:
         config.err.write("agentctl: interrupted\n")
         return 130
+
+
+def _database_source(argv: Sequence[str], url: str) -> str:
+    if any(arg == "--database-url" or arg.startswith("--database-url=") for arg in argv):
+        return "from --database-url"
+    if os.environ.get("DATABASE_URL"):
+        return "from $DATABASE_URL"
+    if url == default_database_url():
+        return "the default: DATABASE_URL is not set, here or in ./.env"
+    return "from ./.env"
+
+
+def _closed_pipe(config: Config) -> int:
+    """The reader went away (`| head`): no traceback. What is still buffered for stdout cannot be
+    written either, so stdout is pointed at /dev/null to let the interpreter's exit flush pass."""
+    if config.out is sys.stdout:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+    return EXIT_CLOSED_PIPE
 
 
 if __name__ == "__main__":

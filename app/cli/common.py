@@ -10,12 +10,14 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote
 
 import httpx
 
-from app.audit.event_log import EventStore, store_for
+from app.audit.event_log import EventStore, event_log_url, store_for
+from common.db import normalize_database_url
 
 EXIT_OK = 0
 
@@ -41,6 +43,11 @@ EXIT_BROKEN = 6
 EXIT_TIMEOUT = 7
 
 
+# The reader of stdout closed it (`agentctl list | head`): stopped quietly, as a Unix tool killed
+# by SIGPIPE would be (128 + 13).
+EXIT_CLOSED_PIPE = 141
+
+
 EXIT_CODES = {
     EXIT_OK: "ok",
     EXIT_FAILED: "the task ended FAILED (watch, start --wait)",
@@ -50,6 +57,7 @@ EXIT_CODES = {
     EXIT_UNREACHABLE: "a server is unreachable or answered an unexpected error",
     EXIT_BROKEN: "verify found a broken chain",
     EXIT_TIMEOUT: "timed out (watch, start --wait)",
+    EXIT_CLOSED_PIPE: "the reader of the output went away (e.g. `| head`): stopped quietly",
 }
 
 
@@ -132,6 +140,8 @@ class Config:
     json: bool
     out: TextIO
     err: TextIO
+    # Where database_url came from, for the messages that name the database read.
+    database_source: str = "--database-url"
 
     def line(self, text: str = "") -> None:
         self.out.write(text + "\n")
@@ -212,10 +222,32 @@ def admin_query(client: httpx.Client, config: Config, query: str) -> list[dict[s
 
 
 def open_store(config: Config) -> EventStore:
+    """The event log of the configured database, once it is known to exist (see `existing`)."""
+    url = existing(config, event_log_url(config.database_url), "event log")
     try:
         return store_for(config.database_url)
     except Exception as exc:  # a driver error, a bad URL: both mean "cannot use that database"
-        raise unreachable(f"cannot open the event log at {_safe_url(config.database_url)}: {exc}") from None
+        raise unreachable(f"cannot open the event log at {_safe_url(url)}: {exc}") from None
+
+
+def existing(config: Config, url: str, what: str) -> str:
+    """`url`, said on stderr, once it names a database that exists. A SQLite file that is not
+    there would be created empty and read as "no tasks" (run from another directory, or without
+    the service's DATABASE_URL), so it is refused instead, naming where the URL came from."""
+    try:
+        parsed = normalize_database_url(url)
+    except Exception as exc:  # SQLAlchemy's ArgumentError for a URL it cannot parse
+        raise CliError(EXIT_USAGE, f"not a database URL ({config.database_source}): {exc}") from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        path = Path(parsed.database)
+        if not path.is_file():
+            raise CliError(
+                EXIT_USAGE,
+                f"no {what} at {path} (the database URL is {config.database_source}); the service "
+                "creates it when it first starts: point DATABASE_URL or --database-url at its database",
+            )
+    config.note(f"reading the {what} at {_safe_url(url)}")
+    return url
 
 
 def _safe_url(url: str) -> str:

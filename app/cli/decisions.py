@@ -16,6 +16,7 @@ from app.cli.common import (
     _message,
     _request,
     _safe_url,
+    existing,
     http_client,
     refused,
     require_status,
@@ -93,6 +94,7 @@ def cmd_approvers(config: Config, args: argparse.Namespace) -> int:
     from app.approvals.identity import CredentialStore
     from common.db import make_engine
 
+    existing(config, config.database_url, "agent database")
     try:
         store = CredentialStore(make_engine(config.database_url))
     except Exception as exc:  # a driver error, a bad URL: both mean "cannot use that database"

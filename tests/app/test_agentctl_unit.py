@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from app.audit.event_log import GENESIS, Event, EventDraft, TaskSnapshot, new_event
+from app.audit.event_log import GENESIS, Event, EventDraft, TaskSnapshot, new_event, store_for
 from app.cli import agentctl
 from app.cli.audit import apply_event, state_at, summarize_event
 from app.cli.common import EXIT_CODES, parse_duration, sql_literal
@@ -363,12 +363,47 @@ def test_unknown_diagram_is_exit_3(capsys: pytest.CaptureFixture[str]) -> None:
     assert "unknown machine 'Nope'" in capsys.readouterr().err
 
 
+def test_a_database_that_is_not_there_is_refused_never_created(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Run from the wrong directory (or without DATABASE_URL), agentctl used to create an empty
+    SQLite file and report "ok" on 0 tasks: now it names the file it looked for and stops."""
+    url = f"sqlite:///{tmp_path / 'nowhere' / 'agents.db'}"
+    for command in (["verify"], ["timeline", "AgentTask", "t-1"], ["list"], ["approvers", "list"]):
+        assert agentctl.main([*command, "--database-url", url]) == 2, command
+        error = capsys.readouterr().err
+        assert f"no event log at {tmp_path / 'nowhere' / 'agents.events.db'}" in error or (
+            f"no agent database at {tmp_path / 'nowhere' / 'agents.db'}" in error
+        ), error
+        assert "from --database-url" in error
+    assert not (tmp_path / "nowhere").exists()
+
+
 def test_timeline_of_an_unknown_task_in_an_empty_log_is_exit_3(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     url = f"sqlite:///{tmp_path / 'empty.db'}"
+    store_for(url)  # the log exists, as the service leaves it when it starts
     assert agentctl.main(["timeline", "AgentTask", "nobody", "--database-url", url]) == 3
     assert "no events for AgentTask task 'nobody'" in capsys.readouterr().err
     out = io.StringIO()
     assert agentctl.main(["verify", "--json", "--database-url", url], out=out) == 0
     assert json.loads(out.getvalue()) == {"tasks": 0, "events": 0, "broken": [], "ok": True}
+    assert f"reading the event log at sqlite:///{tmp_path / 'empty.events.db'}" in capsys.readouterr().err
+
+
+def test_the_database_comes_from_dot_env_as_the_service_reads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'service.db'}"
+    store_for(url)
+    (tmp_path / ".env").write_text(f"DATABASE_URL={url}\n")
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert agentctl.main(["verify"]) == 0
+    captured = capsys.readouterr()
+    assert f"reading the event log at sqlite:///{tmp_path / 'service.events.db'}" in captured.err
+    assert "checked 0 task(s)" in captured.out
+    (tmp_path / ".env").unlink()
+    assert agentctl.main(["verify"]) == 2
+    assert "DATABASE_URL is not set, here or in ./.env" in capsys.readouterr().err

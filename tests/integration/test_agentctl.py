@@ -10,6 +10,7 @@ them; every process a test starts is stopped by its PID.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -466,3 +467,150 @@ def test_diagram_prints_the_state_diagram(stack: Stack) -> None:
     assert done.returncode == 0
     assert done.stdout.startswith("stateDiagram-v2\n")
     assert "    WAIT_APPROVAL --> RECORD : approve" in done.stdout
+
+
+# --- the lists: list, pending, failed ----------------------------------------------------------
+
+
+@dataclass
+class Listed:
+    """Three tasks sharing a prefix (so other tests' tasks on this stack never match): one
+    complete, one failed (rejected), one waiting at its gate."""
+
+    prefix: str
+    complete: str
+    failed: str
+    waiting: str
+    pending: dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def listed(stack: Stack) -> Listed:
+    prefix = new_task_id("lists")
+    complete, failed, waiting = f"{prefix}-a", f"{prefix}-b", f"{prefix}-c"
+    for task_id in (complete, failed, waiting):
+        assert (
+            agentctl(stack, "start", "AgentTask", task_id, "--user-id", "u-1", "--task", TASK_TEXT).returncode
+            == 0
+        )
+        wait_parked(stack, task_id)
+    for task_id, verb in ((complete, "approve"), (failed, "reject")):
+        decided = agentctl(stack, verb, "AgentTask", task_id, "--approver", "ops-lead")
+        assert decided.returncode == 0, decided.stderr
+    for task_id in (complete, failed):
+        stack.wait_for_state("AgentTask", task_id, {"COMPLETE", "FAILED"})
+    pending = stack.status("AgentTask", waiting)["pending_approval"]
+    return Listed(prefix, complete, failed, waiting, pending)
+
+
+def _listed(stack: Stack, *args: str) -> tuple[dict[str, Any], str]:
+    done = agentctl(stack, *args, "--json")
+    assert done.returncode == 0, done.stderr
+    page: dict[str, Any] = json.loads(done.stdout)
+    return page, done.stderr
+
+
+def test_list_shows_each_task_newest_first_with_its_status_and_the_database_read(
+    stack: Stack, listed: Listed
+) -> None:
+    page, stderr = _listed(stack, "list", "--search", listed.prefix)
+    assert [(row["task_id"], row["state"], row["status"]) for row in page["tasks"]] == [
+        (listed.waiting, "WAIT_APPROVAL", "waiting"),
+        (listed.failed, "FAILED", "failed"),
+        (listed.complete, "COMPLETE", "complete"),
+    ]
+    assert page["total"] == 3 and page["stalls_known"] is True
+    events_file = stack.database_url.removeprefix("sqlite:///").replace(".db", ".events.db")
+    assert f"reading the event log at sqlite:///{events_file}" in stderr
+    text = agentctl(stack, "list", "--search", listed.prefix)
+    assert text.returncode == 0
+    assert [line.split()[2] for line in text.stdout.splitlines() if not line.startswith(" ")] == [
+        listed.waiting,
+        listed.failed,
+        listed.complete,
+    ]
+    assert "3 task(s) match; shown 1-3" in text.stderr
+
+
+def test_list_filters_by_state_and_agent_and_pages(stack: Stack, listed: Listed) -> None:
+    waiting, _ = _listed(
+        stack, "list", "--search", listed.prefix, "--state", "waiting", "--agent", "AgentTask"
+    )
+    assert [row["task_id"] for row in waiting["tasks"]] == [listed.waiting]
+    complete, _ = _listed(stack, "list", "--search", listed.prefix, "--state", "complete")
+    assert [row["task_id"] for row in complete["tasks"]] == [listed.complete]
+    running, _ = _listed(stack, "list", "--search", listed.prefix, "--state", "running")
+    assert running["tasks"] == [] and running["total"] == 0
+    other, _ = _listed(stack, "list", "--search", listed.prefix, "--agent", "ExpenseReport")
+    assert other["total"] == 0
+    second, _ = _listed(stack, "list", "--search", listed.prefix, "--limit", "1", "--offset", "1")
+    assert [row["task_id"] for row in second["tasks"]] == [listed.failed]
+    assert (second["total"], second["offset"], second["limit"]) == (3, 1, 1)
+    text = agentctl(stack, "list", "--search", listed.prefix, "--limit", "1")
+    assert "next page: --offset 1" in text.stderr
+
+
+def test_failed_lists_the_rejected_task_with_its_error(stack: Stack, listed: Listed) -> None:
+    page, _ = _listed(stack, "failed", "--search", listed.prefix)
+    [row] = page["tasks"]
+    assert row["task_id"] == listed.failed and row["status"] == "failed"
+    assert row["error"]["code"] == "approval_rejected"
+    text = agentctl(stack, "failed", "--search", listed.prefix)
+    assert text.returncode == 0
+    assert "approval_rejected: rejected by ops-lead" in text.stdout
+
+
+def test_pending_lists_the_waiting_approval_for_its_approvers_only(stack: Stack, listed: Listed) -> None:
+    done = agentctl(stack, "pending", "--json", "--agent", "AgentTask")
+    assert done.returncode == 0, done.stderr
+    [mine] = [row for row in json.loads(done.stdout) if row["task_id"].startswith(listed.prefix)]
+    assert mine["task_id"] == listed.waiting
+    assert mine["approval_hash"] == listed.pending["approval_hash"]
+    assert "awakeable_id" not in mine
+    assert mine["may_decide"] is False  # no approver named: nobody's to decide
+    for_lead = json.loads(agentctl(stack, "pending", "--json", "--approver", "ops-lead").stdout)
+    assert any(row["task_id"] == listed.waiting and row["may_decide"] for row in for_lead)
+    nobody = json.loads(agentctl(stack, "pending", "--json", "--approver", "nobody").stdout)
+    assert not any(row["task_id"] == listed.waiting for row in nobody)
+    text = agentctl(stack, "pending", "--agent", "AgentTask")
+    assert listed.waiting in text.stdout and f"hash {listed.pending['approval_hash']}" in text.stdout
+
+
+def test_list_refuses_bad_filters_with_exit_2(stack: Stack, listed: Listed) -> None:
+    unknown = agentctl(stack, "list", "--agent", "Nope")
+    assert unknown.returncode == 2 and "unknown agent 'Nope'; registered agents:" in unknown.stderr
+    assert agentctl(stack, "list", "--state", "sleeping").returncode == 2
+    too_many = agentctl(stack, "list", "--limit", "0")
+    assert too_many.returncode == 2 and "limit" in too_many.stderr
+
+
+def test_lists_without_restate(stack: Stack, listed: Listed) -> None:
+    """The event log still lists tasks when Restate is down; what only Restate knows is exit 5."""
+    down = {"RESTATE_ADMIN_URL": "http://127.0.0.1:9"}
+    done = agentctl(stack, "list", "--json", "--search", listed.prefix, env=down)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["stalls_known"] is False
+    assert "not shown as stalled, for want of Restate" in done.stderr
+    assert agentctl(stack, "list", "--state", "stalled", env=down).returncode == 5
+    assert agentctl(stack, "pending", env=down).returncode == 5
+
+
+def test_a_closed_pipe_ends_quietly(stack: Stack, approved: Approved) -> None:
+    """`agentctl timeline ... | head -0`: the reader is gone before the first line; no traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [*CLI, "timeline", "AgentTask", approved.task_id],
+            env=cli_env(stack),
+            cwd=ROOT,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141, done.stderr
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr
