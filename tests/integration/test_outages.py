@@ -3,6 +3,7 @@ than a step's quick retries, then back; every task completes and nothing is done
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -194,6 +195,13 @@ def test_an_operator_resumes_a_stalled_task_before_its_next_round(outage_stack: 
             and "stalled at" in shown.stdout
             and "tool service unreachable" in shown.stdout
         )
+        # The operator's list shows it stalled, with why (Restate knows stalls; the log does not).
+        listed = agentctl(stack, "list", "--state", "stalled", "--search", task_id, "--json")
+        assert listed.returncode == 0, listed.stderr
+        [row] = json.loads(listed.stdout)["tasks"]
+        assert row["status"] == "stalled" and row["stall"]["rounds"] >= 5
+        assert "tool service unreachable" in row["stall"]["last_error"]
+        assert "nudge_id" not in row["stall"]
         resumed = agentctl(stack, "resume", "AgentTask", task_id)
         assert resumed.returncode == 0 and "retried now" in resumed.stdout, resumed.stderr
         sixth = wait_stalled(stack, task_id, rounds=6)["stall"]
@@ -208,6 +216,8 @@ def test_an_operator_resumes_a_stalled_task_before_its_next_round(outage_stack: 
     done = stack.wait_for_state("AgentTask", task_id, END, timeout=60)
     assert done["state"] == "COMPLETE", done["error"]
     assert stalls_recorded(stack, task_id)[-1]["rounds"] == 6
+    after = json.loads(agentctl(stack, "list", "--search", task_id, "--json").stdout)["tasks"]
+    assert [(row["status"], row["stall"]) for row in after] == [("complete", None)]
     # Resuming a task that is not stalled is refused, and says why.
     again = agentctl(stack, "resume", "AgentTask", task_id)
     assert again.returncode == 4 and "no run in progress" in again.stderr
