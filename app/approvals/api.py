@@ -23,9 +23,9 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import TypeVar
 from urllib.parse import quote
 
 import anyio.to_thread
@@ -39,9 +39,12 @@ from starlette.routing import Route
 from app.approvals import signature
 from app.approvals.identity import CredentialStore, credentials_for
 from app.approvals.inbox_page import inbox_page
+from app.console.api import ConsoleApi, Viewer
+from app.console.responses import error, unauthorized, unavailable, validation_details
 from app.console.tasks import OPEN_GATES_QUERY, open_gates
 from app.gates import proof
 from app.gates.models import DecideInput, InboxDecision, ProvenDecision, WebhookDecision
+from app.runtime.machine import Machine
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,36 +57,20 @@ MAX_BODY_BYTES = 64 * 1024
 DECIDE_TIMEOUT_SECONDS = 30.0
 
 
-def error(status: int, code: str, message: str, details: Any = None) -> JSONResponse:
-    body: dict[str, Any] = {"code": code, "message": message}
-    if details is not None:
-        body["details"] = details
-    return JSONResponse({"error": body}, status_code=status)
-
-
-def _validation_details(exc: ValidationError) -> list[dict[str, Any]]:
-    return [{"loc": list(err["loc"]), "msg": err["msg"]} for err in exc.errors()]
-
-
-def _unauthorized(message: str) -> JSONResponse:
-    response = error(401, "unauthorized", message)
-    response.headers["WWW-Authenticate"] = 'Bearer realm="approvals"'
-    return response
-
-
 class ApprovalsSurface:
     """The handlers, sharing one pooled client to the Restate ingress and admin API."""
 
     def __init__(
         self,
         settings: Settings,
-        agents: Collection[str],
+        machines: Mapping[str, Machine],
         credentials: CredentialStore | None = None,
         decide_timeout: float = DECIDE_TIMEOUT_SECONDS,
     ) -> None:
         self.settings = settings
         self.decide_timeout = decide_timeout
-        self.agents = frozenset(agents)
+        self.agents = frozenset(machines)
+        self.console = ConsoleApi(settings, machines, self.viewer, self._http)
         self.proof_key = proof.proof_key(settings.webhook_secret)
         self.client: httpx.AsyncClient | None = None
         self._credentials = credentials
@@ -111,6 +98,16 @@ class ApprovalsSurface:
     def _is_operator(self, token: str) -> bool:
         return hmac.compare_digest(token.encode(), self.settings.operator_secret.encode())
 
+    async def viewer(self, request: Request) -> Viewer | None:
+        """Who may read the console: an approver by their credential, or the operator by its token."""
+        token = self._bearer(request)
+        approver = await self._approver(token)
+        if approver is not None:
+            return Viewer(approver=approver)
+        if token is not None and self._is_operator(token):
+            return Viewer(approver=None)
+        return None
+
     async def _approver(self, token: str | None) -> str | None:
         """The approver whose personal credential this is, or None."""
         if token is None:
@@ -134,7 +131,7 @@ class ApprovalsSurface:
         try:
             decision = model.model_validate_json(raw)
         except ValidationError as exc:
-            return error(422, "invalid_decision", "the decision is malformed", _validation_details(exc))
+            return error(422, "invalid_decision", "the decision is malformed", validation_details(exc))
         if decision.agent in self.agents:
             return decision
         known = ", ".join(sorted(self.agents))
@@ -170,7 +167,7 @@ class ApprovalsSurface:
     async def inbox_decide(self, request: Request) -> Response:
         approver = await self._approver(self._bearer(request))
         if approver is None:
-            return _unauthorized("sign in with your approver credential (Authorization: Bearer apv_...)")
+            return unauthorized("sign in with your approver credential (Authorization: Bearer apv_...)")
         raw = await self._body(request)
         if isinstance(raw, Response):
             return raw
@@ -198,7 +195,7 @@ class ApprovalsSurface:
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             # No connection: the request never left, so nothing can have been recorded.
             log.warning("approval for %s/%s not delivered: %r", agent, task_id, exc)
-            return _unavailable("not_delivered", "Restate is unreachable; nothing was recorded, retry later")
+            return unavailable("not_delivered", "Restate is unreachable; nothing was recorded, retry later")
         except httpx.TransportError as exc:
             log.warning("approval for %s/%s: outcome unknown: %r", agent, task_id, exc)
             return _outcome_unknown()
@@ -208,7 +205,7 @@ class ApprovalsSurface:
         token = self._bearer(request)
         approver = await self._approver(token)
         if approver is None and not (token is not None and self._is_operator(token)):
-            return _unauthorized("an approver credential or the operator token is required")
+            return unauthorized("an approver credential or the operator token is required")
         try:
             response = await self._http().post(
                 f"{self.settings.restate_admin_url}/query",
@@ -216,7 +213,7 @@ class ApprovalsSurface:
                 headers={"accept": "application/json"},
             )
         except httpx.TransportError:
-            return _unavailable("restate_unavailable", "Restate's admin API is unreachable")
+            return unavailable("restate_unavailable", "Restate's admin API is unreachable")
         if response.status_code != 200:
             return error(502, "restate_error", f"Restate answered {response.status_code} to the state query")
         pending = [row.as_listed(approver) for row in open_gates(response.json().get("rows", []))]
@@ -226,14 +223,8 @@ class ApprovalsSurface:
         return JSONResponse({"status": "ok"})
 
 
-def _unavailable(code: str, message: str) -> Response:
-    response = error(503, code, message)
-    response.headers["Retry-After"] = "5"
-    return response
-
-
 def _outcome_unknown() -> Response:
-    return _unavailable(
+    return unavailable(
         "outcome_unknown",
         "the decision may or may not have been recorded; send the same delivery again (it is "
         "idempotent and answers with the outcome) or check the task's status",
@@ -279,11 +270,11 @@ def _answer(agent: str, task_id: str, response: httpx.Response) -> Response:
 
 def create_approvals_app(
     settings: Settings,
-    agents: Collection[str],
+    machines: Mapping[str, Machine],
     credentials: CredentialStore | None = None,
     decide_timeout: float = DECIDE_TIMEOUT_SECONDS,
 ) -> Starlette:
-    surface = ApprovalsSurface(settings, agents, credentials, decide_timeout)
+    surface = ApprovalsSurface(settings, machines, credentials, decide_timeout)
     return Starlette(
         routes=[
             Route("/webhooks/approval", surface.webhook, methods=["POST"]),
@@ -292,6 +283,7 @@ def create_approvals_app(
             Route("/", inbox_page, methods=["GET"]),
             Route("/inbox", inbox_page, methods=["GET"]),
             Route("/health", surface.health, methods=["GET"]),
+            *surface.console.routes(),
         ],
         lifespan=surface.lifespan,
     )

@@ -228,6 +228,15 @@ class EventStore:
             ).all()
         return [_event_of(row) for row in rows]
 
+    def chain(self, agent: str, task_id: str) -> list[Event]:
+        """A task's whole chain: its archived events (if archived; OSError if the archive cannot
+        be read) and the ones still in the database."""
+        kept = self.events(agent, task_id)
+        head = self.head(agent, task_id)
+        if head is None:
+            return kept
+        return [*read_archive(Path(head.archive_file), agent, task_id), *kept]
+
     def tasks(self) -> list[tuple[str, str]]:
         with self.session() as session:
             pairs = session.execute(select(TaskEvent.agent, TaskEvent.task_id).distinct()).all()
@@ -244,6 +253,24 @@ class EventStore:
     def head(self, agent: str, task_id: str) -> ChainHead | None:
         with self.session() as session:
             return session.get(ChainHead, (agent, task_id))
+
+    def cursor(self) -> int:
+        """How far the log has been written (its highest row id; 0 when empty): what a reader
+        that follows the log remembers, to ask `moves_since` what happened after."""
+        with self.session() as session:
+            return session.scalar(select(func.max(TaskEvent.id))) or 0
+
+    def moves_since(self, cursor: int, limit: int = 100) -> list[TaskMove]:
+        with self.session() as session:
+            rows = session.execute(
+                select(TaskEvent.id, TaskEvent.agent, TaskEvent.task_id, TaskEvent.to_state)
+                .where(TaskEvent.id > cursor)
+                .order_by(TaskEvent.id)
+                .limit(limit)
+            ).all()
+        return [
+            TaskMove(cursor=row.id, agent=row.agent, task_id=row.task_id, state=row.to_state) for row in rows
+        ]
 
     def heads(self, selection: HeadSelection) -> tuple[int, list[TaskHead]]:
         """The tasks `selection` picks, each as of its last event, newest task first: how many
@@ -320,6 +347,15 @@ class HeadSelection:
             yield tuple_(agent, task_id).in_(list(self.tasks)) if self.tasks else text("1 = 0")
         if self.not_tasks:
             yield not_(tuple_(agent, task_id).in_(list(self.not_tasks)))
+
+
+class TaskMove(BaseModel):
+    """One event as a follower of the log sees it: which task went where."""
+
+    cursor: int
+    agent: str
+    task_id: str
+    state: str
 
 
 class TaskHead(BaseModel):

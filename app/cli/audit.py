@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from app.audit.event_log import Event, EventStore, TaskSnapshot, read_archive
+from app.audit.event_log import Event, EventStore, TaskSnapshot
 from app.cli.common import (
     EXIT_BROKEN,
     EXIT_OK,
@@ -147,16 +147,11 @@ def summarize_event(item: Event) -> str:
 
 
 def load_events(store: EventStore, agent: str, task_id: str) -> list[Event]:
-    """A task's whole chain: its archived events (if archived) and the ones still in the database."""
-    kept = store.events(agent, task_id)
-    head = store.head(agent, task_id)
-    if head is None:
-        return kept
+    """A task's whole chain (see `EventStore.chain`); an unreadable archive is exit 5."""
     try:
-        archived = read_archive(Path(head.archive_file), agent, task_id)
+        return store.chain(agent, task_id)
     except OSError as exc:
-        raise unreachable(f"cannot read the archive {head.archive_file}: {exc}") from None
-    return [*archived, *kept]
+        raise unreachable(f"cannot read the archive of {agent}/{task_id}: {exc}") from None
 
 
 def cmd_timeline(config: Config, args: argparse.Namespace) -> int:

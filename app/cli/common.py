@@ -9,7 +9,6 @@ import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote
@@ -17,6 +16,8 @@ from urllib.parse import quote
 import httpx
 
 from app.audit.event_log import EventStore, event_log_url, store_for
+from app.console.tasks import iso as iso
+from app.console.tasks import sql_literal as sql_literal
 from common.db import normalize_database_url
 
 EXIT_OK = 0
@@ -103,15 +104,6 @@ def parse_duration(text: str) -> float:
             f"invalid duration {text!r}: use a number and a unit (s, m, h, d, w), e.g. 30d or 1h30m"
         )
     return sum(float(number) * _DURATION_UNITS[unit] for number, unit in _DURATION_PART.findall(compact))
-
-
-def sql_literal(value: str) -> str:
-    """A SQL string literal: quoted, with single quotes doubled."""
-    return "'" + value.replace("'", "''") + "'"
-
-
-def iso(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
 
 
 def _one_line(exc: BaseException) -> str:

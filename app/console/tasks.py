@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from app.audit.event_log import EventStore, HeadSelection, TaskHead
 from app.gates.models import GateState
-from app.runtime.engine import PendingApprovalView
+from app.runtime.engine import PendingApprovalView, StallView
 from app.runtime.machine import Machine
 from app.runtime.stalls import STALL_KEY, Stall
 
@@ -48,28 +48,6 @@ class TaskQuery(BaseModel):
     offset: int = Field(0, ge=0)
 
 
-class StallView(BaseModel):
-    """A stall as an operator sees it (never its nudge awakeable)."""
-
-    state: str
-    step: str
-    rounds: int
-    since: str
-    next_retry_at: str
-    last_error: str
-
-    @classmethod
-    def of(cls, stall: Stall) -> StallView:
-        return cls(
-            state=stall.state,
-            step=stall.step,
-            rounds=stall.rounds,
-            since=iso(stall.since),
-            next_retry_at=iso(stall.next_retry_at),
-            last_error=stall.last_error,
-        )
-
-
 class TaskRow(BaseModel):
     agent: str
     task_id: str
@@ -94,6 +72,11 @@ class TaskPage(BaseModel):
 
 class UnknownAgent(ValueError):
     """A filter named an agent that is not registered."""
+
+
+def sql_literal(value: str) -> str:
+    """A SQL string literal for Restate's introspection queries: quoted, single quotes doubled."""
+    return "'" + value.replace("'", "''") + "'"
 
 
 def iso(at: float) -> str:

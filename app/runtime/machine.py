@@ -190,3 +190,25 @@ def to_mermaid(machine: Machine) -> str:
     for state in sorted(machine.gates):
         lines.append(f"    note right of {state} : approval gate (human decision or timeout)")
     return "\n".join(lines) + "\n"
+
+
+# How the console marks a task's way through its diagram (Mermaid classDef styles).
+VISITED_STYLE = "fill:#dbeafe,stroke:#1d4ed8,color:#0b1f44"
+CURRENT_STYLE = "fill:#fde68a,stroke:#b45309,stroke-width:3px,color:#3b2300"
+
+
+def to_mermaid_with_path(machine: Machine, visited: Iterable[str], current: str | None) -> str:
+    """The diagram with the states a task has been through and the one it is in marked. Names not
+    in the machine are left out: a task's history is data, the diagram's source is code."""
+    states = machine.states
+    been = sorted({state for state in visited if state in states} - {current})
+    lines = [
+        to_mermaid(machine).rstrip("\n"),
+        f"    classDef visited {VISITED_STYLE}",
+        f"    classDef current {CURRENT_STYLE}",
+    ]
+    if been:
+        lines.append(f"    class {','.join(been)} visited")
+    if current in states:
+        lines.append(f"    class {current} current")
+    return "\n".join(lines) + "\n"

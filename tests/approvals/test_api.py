@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import text
 from starlette.testclient import TestClient
 
+from app.agents.agent_task import MACHINE as AGENT_TASK_MACHINE
 from app.approvals import signature
 from app.approvals.api import create_approvals_app
 from app.approvals.identity import CredentialStore
@@ -73,7 +74,9 @@ def closed_port() -> str:
 
 def client_for(ingress: str, credentials: CredentialStore) -> TestClient:
     settings = Settings(_env_file=None, ENV="development", RESTATE_INGRESS_URL=ingress)
-    return TestClient(create_approvals_app(settings, {"AgentTask"}, credentials, decide_timeout=1.0))
+    return TestClient(
+        create_approvals_app(settings, {"AgentTask": AGENT_TASK_MACHINE}, credentials, decide_timeout=1.0)
+    )
 
 
 def post_signed(client: TestClient, body: Mapping[str, object] | bytes, **override: str) -> object:

@@ -221,6 +221,7 @@ def test_the_tool_service_trusts_only_credentialed_callers(stack: Stack) -> None
         ("GET", "/tickets"),
         ("GET", "/notifications"),
         ("GET", "/approval-tickets"),
+        ("GET", "/receipts/EXP-000000000000"),
         ("POST", "/expenses"),
         ("GET", "/expenses"),
         ("GET", "/ledger"),
@@ -234,6 +235,15 @@ def test_the_tool_service_trusts_only_credentialed_callers(stack: Stack) -> None
     portal = {"authorization": f"Bearer {DEV_EXPENSES_API_TOKEN}"}
     assert httpx.get(f"{url}/tools", headers=portal, timeout=10).status_code == 401
     assert httpx.get(f"{url}/ledger", headers=stack.tools_auth, timeout=10).status_code == 401
+    # A receipt: the portal reads it on its surface, the agent service (the console) on its own.
+    expense_id = seeded(stack)["mismatch-taxi"]
+    for path, allowed, refused in (
+        (f"/expenses/{expense_id}/receipt", portal, stack.tools_auth),
+        (f"/receipts/{expense_id}", stack.tools_auth, portal),
+    ):
+        read = httpx.get(f"{url}{path}", headers=allowed, timeout=10)
+        assert read.status_code == 200 and read.headers["content-type"].startswith("image/"), path
+        assert httpx.get(f"{url}{path}", headers=refused, timeout=10).status_code == 401, path
 
 
 def test_a_credentialed_caller_cannot_post_an_expense_nobody_approved(stack: Stack) -> None:

@@ -717,6 +717,9 @@ def create_app(
                 guarded(tools, service.get_approval_ticket_by_id),
                 methods=["GET"],
             ),
+            # The same receipt as the portal's, for the agent service's console (an approver reads
+            # the receipt beside the OCR'd fields); under the agent service's own credential.
+            Route("/receipts/{expense_id}", guarded(tools, service.get_expense_receipt), methods=["GET"]),
             Route("/expenses", guarded(expenses, service.submit_expense), methods=["POST"]),
             Route("/expenses", guarded(expenses, service.get_expenses), methods=["GET"]),
             Route("/expenses/{expense_id}", guarded(expenses, service.get_expense_by_id), methods=["GET"]),

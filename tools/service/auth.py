@@ -1,9 +1,10 @@
 """Who may call the tool service: a bearer credential per surface, checked before anything else.
 
-`/tools/*` and the inspection endpoints take `TOOLS_API_TOKEN` (the agent service, agentctl, the
-demo); the expense REST surfaces take `EXPENSES_API_TOKEN` (an expense portal). Each route takes
-exactly one, so a leaked portal credential cannot post to the ledger, and a missing or wrong one
-is 401 before the body is read. `/health` alone is open (load balancers, probes).
+`/tools/*` and the inspection endpoints (`/tickets`, `/approval-tickets`, `/receipts/{id}`: what
+the console shows) take `TOOLS_API_TOKEN` (the agent service, agentctl, the demo); the expense
+REST surfaces take `EXPENSES_API_TOKEN` (an expense portal). Each route takes exactly one, so a
+leaked portal credential cannot post to the ledger, and a missing or wrong one is 401 before the
+body is read. `/health` alone is open (load balancers, probes).
 """
 
 from __future__ import annotations
