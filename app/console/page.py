@@ -73,7 +73,7 @@ button.primary { background: var(--accent); border-color: var(--accent); color: 
 button.approve { background: var(--ok); border-color: var(--ok); color: #fff; }
 button.reject { background: var(--bad); border-color: var(--bad); color: #fff; }
 :focus-visible { outline: 3px solid #fb8f44; outline-offset: 2px; }
-form.filters { display: flex; flex-wrap: wrap; gap: 12px; align-items: end; }
+form.filters { display: flex; flex-wrap: wrap; gap: 12px; align-items: end; margin-bottom: 12px; }
 form.filters .grow { flex: 1 1 16em; }
 form.filters input[type=search] { width: 100%; }
 .status { margin: 12px 0 0; font-weight: 600; }
@@ -102,7 +102,7 @@ td code, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, mon
 .pager { display: flex; gap: 12px; align-items: center; margin-top: 12px; }
 .muted { color: var(--muted); }
 .empty { color: var(--muted); font-style: italic; }
-.live { font-size: 0.8125rem; color: var(--muted); }
+.live { font-size: 0.8125rem; color: #d0d7de; }
 .live[data-on="yes"]::before { content: "\\25CF "; color: #2da44e; }
 .grid2 { display: grid; grid-template-columns: minmax(0, 1.2fr) minmax(0, 1fr); gap: 16px; }
 @media (max-width: 900px) { .grid2 { grid-template-columns: minmax(0, 1fr); } }
@@ -245,7 +245,7 @@ _SCRIPT = r"""
       tr.append(el("td", { "class": "mono" }, t.state));
       var cellStatus = el("td"); cellStatus.append(badge(t.status)); tr.append(cellStatus);
       var why = t.stall ? "stalled at " + t.stall.step + ": " + t.stall.last_error
-        : t.error ? str(t.error.code) + ": " + str(t.error.message) : "";
+        : t.error ? str(t.error.code) + ": " + str(t.error.message) : str(t.note);
       tr.append(el("td", { "class": "wrap" }, why));
       tr.append(el("td", {}, when(t.updated_at)));
       body.append(tr);

@@ -56,7 +56,9 @@ class TaskRow(BaseModel):
     created_at: str
     updated_at: str
     events: int
-    # Why it failed (the terminal event's error) or what it waits out (the stall).
+    # The last transition's note (e.g. whom an approval went to), why it failed (the terminal
+    # event's error), what it waits out (the stall).
+    note: str | None = None
     error: dict[str, Any] | None = None
     stall: StallView | None = None
 
@@ -149,6 +151,7 @@ def list_tasks(
 def _row(head: TaskHead, machine: Machine | None, stall: Stall | None) -> TaskRow:
     status = status_of(machine, head.state, stall is not None)
     error = head.last_payload.get("error") if status == "failed" else None
+    note = head.last_payload.get("note")
     return TaskRow(
         agent=head.agent,
         task_id=head.task_id,
@@ -157,6 +160,7 @@ def _row(head: TaskHead, machine: Machine | None, stall: Stall | None) -> TaskRo
         created_at=iso(head.created_at),
         updated_at=iso(head.updated_at),
         events=head.events,
+        note=note if isinstance(note, str) else None,
         error=error if isinstance(error, dict) else None,
         stall=StallView.of(stall) if stall is not None else None,
     )

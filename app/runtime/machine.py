@@ -186,7 +186,8 @@ def to_mermaid(machine: Machine) -> str:
     for state in sorted(machine.terminal):
         lines.append(f"    {state} --> [*]")
     for state, text in machine.descriptions.items():
-        lines.append(f"    {state} : {state} ({text})")
+        # A `;` ends a Mermaid statement: the rest of the line would be a syntax error.
+        lines.append(f"    {state} : {state} ({text.replace(';', ',')})")
     for state in sorted(machine.gates):
         lines.append(f"    note right of {state} : approval gate (human decision or timeout)")
     return "\n".join(lines) + "\n"
