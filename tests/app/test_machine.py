@@ -16,6 +16,7 @@ from app.runtime.machine import (
     Machine,
     MachineDeclarationError,
     to_mermaid,
+    to_mermaid_with_path,
     transition,
 )
 
@@ -156,3 +157,23 @@ def test_diagram_command_names_unknown_machines() -> None:
     )
     assert done.returncode == 2
     assert "unknown machine 'Nope'" in done.stderr and "AgentTask" in done.stderr
+
+
+def test_a_tasks_path_is_marked_on_its_diagram_and_nothing_else_is() -> None:
+    text = to_mermaid_with_path(AGENT_TASK, ["INITIAL", "FETCH_CONTEXT", "NOT_A_STATE", "ANALYZE"], "ANALYZE")
+    assert text.startswith(to_mermaid(AGENT_TASK).rstrip("\n"))
+    assert "    class FETCH_CONTEXT,INITIAL visited\n" in text
+    assert text.endswith("    class ANALYZE current\n")
+    assert "NOT_A_STATE" not in text
+    assert "class " not in to_mermaid_with_path(AGENT_TASK, [], None).split("classDef current")[1]
+
+
+def test_a_description_never_ends_a_mermaid_statement() -> None:
+    machine = Machine.declare(
+        name="Semicolons",
+        initial="A",
+        transitions={"A": ["B"], "B": []},
+        terminal=["B"],
+        descriptions={"A": "one; two"},
+    )
+    assert "    A : A (one, two)\n" in to_mermaid(machine)
