@@ -8,7 +8,7 @@ PY_STAMP := $(VENV)/.installed
 NPM_STAMP := node_modules/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install runtime-deps test-deps test reliability bench lint format unit integration demo diagram clean
+.PHONY: install runtime-deps test-deps test reliability bench lint format unit integration demo up down diagram clean
 
 install: $(PY_STAMP) $(NPM_STAMP) runtime-deps
 
@@ -84,6 +84,14 @@ bench: install test-deps
 
 demo: install
 	$(BIN)/python -m deploy.demo
+
+# The stack left running to explore: prints the console's URL, the sign-ins, Restate's UI and how
+# to stop it (`make down`); `source var/up/env` gives a shell its addresses and credentials.
+up: install
+	$(BIN)/python -m deploy.up up
+
+down:
+	@test -x $(BIN)/python || { echo "nothing to stop (no .venv)"; exit 0; }; $(BIN)/python -m deploy.up down
 
 diagram: $(PY_STAMP)
 	@$(BIN)/python -m app diagram ExpenseReport

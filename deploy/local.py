@@ -67,6 +67,9 @@ class ManagedProcess:
     log_path: Path
     ready: Callable[[], bool]
     cwd: Path = ROOT
+    # In a session of its own, so it outlives the command that started it (`make up`) and a
+    # Ctrl-C in that terminal does not reach it; `make down` stops it by PID.
+    detached: bool = False
     process: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = field(default=None, repr=False)
 
@@ -90,6 +93,7 @@ class ManagedProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            start_new_session=self.detached,
         )
 
     def wait_ready(self, timeout: float = 60.0) -> None:
@@ -164,6 +168,8 @@ class Stack:
     database_url: str
     always_replay: bool = False
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    # Its processes outlive this Python process (see ManagedProcess.detached): `make up`.
+    detached: bool = False
     ingress_port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
     fabric_port: int = field(default_factory=free_port)
@@ -266,6 +272,7 @@ class Stack:
             argv=[str(RESTATE_SERVER_BIN), "--config-file", str(RESTATE_CONFIG)],
             env=self.restate_env(),
             log_path=self.workdir / "logs/restate-server.log",
+            detached=self.detached,
             ready=lambda: (
                 _http_ok(f"{self.admin_url}/health") and _http_ok(f"{self.ingress_url}/restate/health")
             ),
@@ -282,6 +289,7 @@ class Stack:
             argv=[sys.executable, "-m", "tools"],
             env=self.service_env(),
             log_path=self.workdir / "logs/tools.log",
+            detached=self.detached,
             ready=lambda: _http_ok(f"{self.tools_url}/health"),
         )
 
@@ -295,6 +303,7 @@ class Stack:
             argv=[sys.executable, "-m", "app"],
             env=self.service_env(),
             log_path=self.workdir / "logs/app.log",
+            detached=self.detached,
             ready=lambda: _port_open(self.app_port) and _http_ok(f"{self.approvals_url}/health"),
         )
 

@@ -120,10 +120,10 @@ def cmd_pending(config: Config, args: argparse.Namespace) -> int:
         return EXIT_OK
     for row in pending:
         approval = row.approval
-        reminded = "  (reminded)" if approval.reminded else ""
+        reminded = ", reminded" if approval.reminded else ""
         config.line(
-            f"{approval.deadline}  {row.agent:<14} {row.task_id:<28} {approval.state:<14} "
-            f"{', '.join(row.approvers)}{reminded}"
+            f"{row.agent:<14} {row.task_id:<28} {approval.state:<14} for {', '.join(row.approvers)} "
+            f"until {approval.deadline}{reminded}"
         )
         config.line(f"    {_shorten(approval.summary, SUMMARY_WIDTH * 2)}")
         config.line(f"    hash {approval.approval_hash}")
