@@ -13,16 +13,20 @@ from app.runtime.machine import to_mermaid
 def _serve() -> None:
     from app.approvals.api import create_approvals_app
     from app.llm import current_model
-    from app.runtime.serving import hypercorn_config, serve_until_signalled
+    from app.runtime.serving import hypercorn_config, serve_until_signalled, with_lifespan
     from app.runtime.tool_client import close_clients
     from app.service import create_restate_app, machines
     from app.settings import get_settings
     from common.environment import load_or_exit, refuse
+    from common.listening import listen_or_exit
 
     settings = load_or_exit("agent service", get_settings)
     problems = settings.startup_problems()
     if problems:
         refuse("agent service", "; ".join(problems))
+    host = settings.app_host
+    endpoint = listen_or_exit("agent service", host, settings.app_port, "APP_HOST/APP_PORT")
+    approvals = listen_or_exit("agent service", host, settings.approvals_port, "APP_HOST/APPROVALS_PORT")
     logging.getLogger(__name__).info(
         "agent service on http://%s:%s (ENV=%s, model: %s, request identity: %s)",
         settings.app_host,
@@ -35,10 +39,13 @@ def _serve() -> None:
     current_model()
     grace = settings.shutdown_grace_seconds
     apps = [
-        (create_restate_app(settings), hypercorn_config(settings.app_host, settings.app_port, grace)),
+        (
+            with_lifespan(create_restate_app(settings)),
+            hypercorn_config(host, settings.app_port, grace, sock=endpoint),
+        ),
         (
             create_approvals_app(settings, machines()),
-            hypercorn_config(settings.app_host, settings.approvals_port, grace),
+            hypercorn_config(host, settings.approvals_port, grace, sock=approvals),
         ),
     ]
     asyncio.run(serve_until_signalled(apps, on_shutdown=close_clients))
@@ -64,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One line per request to the tool service would drown what matters (steps, stalls, refusals).
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     from app.runtime.stalls import OneLinePerFailedAttempt
 
     for handler in logging.getLogger().handlers:

@@ -15,7 +15,7 @@ import restate
 from pydantic import BaseModel
 from restate import ObjectContext, ObjectSharedContext, VirtualObject
 
-from app.runtime.serving import hypercorn_config, serve_until_signalled
+from app.runtime.serving import hypercorn_config, serve_until_signalled, with_lifespan
 
 STEPS = 5
 AWAKEABLE = "awakeable"
@@ -65,5 +65,5 @@ async def waiting(ctx: ObjectSharedContext) -> Waiting:
 
 if __name__ == "__main__":
     port = int(sys.argv[1])
-    app = restate.app(services=[floor])
+    app = with_lifespan(restate.app(services=[floor]))
     asyncio.run(serve_until_signalled([(app, hypercorn_config("127.0.0.1", port))]))

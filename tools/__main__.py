@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import socket
 import sys
 from typing import Any
 
@@ -13,22 +12,11 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from common.environment import load_or_exit
+from common.listening import listen_or_exit
 from tools.service.api import create_app
 from tools.service.settings import ToolsSettings, get_tools_settings
 
 logger = logging.getLogger("tools")
-
-
-def listen(host: str, port: int, backlog: int) -> socket.socket:
-    """Bind and listen before the app starts, so "listening" is true once it is logged: the
-    kernel queues connections until hypercorn accepts them, right after the app's startup."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind((host, port))
-    sock.listen(backlog)
-    return sock
 
 
 class _AnnounceWhenReady:
@@ -58,7 +46,9 @@ async def run(settings: ToolsSettings) -> None:
         loop.add_signal_handler(signum, shutdown.set)
 
     config = Config()
-    sock = listen(settings.tools_host, settings.tools_port, config.backlog)
+    sock = listen_or_exit(
+        "tool service", settings.tools_host, settings.tools_port, "TOOLS_HOST/TOOLS_PORT", config.backlog
+    )
     host, port = sock.getsockname()[:2]
     # Hypercorn adopts the listening socket; detach so only its socket object closes the fd.
     config.bind = [f"fd://{sock.detach()}"]

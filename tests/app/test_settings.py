@@ -4,6 +4,7 @@ serve with unset, development or short secrets, naming every offending variable 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -139,3 +140,43 @@ def test_a_service_refuses_to_start_with_one_clear_line(module: str, tmp_path: P
     )
     for words in expected:
         assert words in line, line
+
+
+@pytest.mark.parametrize(
+    ("module", "variable", "names"),
+    [
+        ("app", "APP_PORT", "APP_HOST/APP_PORT"),
+        ("app", "APPROVALS_PORT", "APP_HOST/APPROVALS_PORT"),
+        ("tools", "TOOLS_PORT", "TOOLS_HOST/TOOLS_PORT"),
+    ],
+)
+def test_a_port_in_use_is_one_line_naming_it(module: str, variable: str, names: str, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {key: value for key, value in os.environ.items() if not key.startswith(("APP_", "TOOLS_"))}
+        env.update(
+            {
+                "ENV": "development",
+                "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
+                "APP_PORT": "0",
+                "APPROVALS_PORT": "0",
+                "TOOLS_PORT": "0",
+                variable: str(port),
+            }
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", module],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.endswith(
+        f"refusing to start: cannot listen on 127.0.0.1:{port} ({names}): address already in use"
+    )
