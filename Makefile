@@ -8,14 +8,14 @@ PY_STAMP := $(VENV)/.installed
 NPM_STAMP := node_modules/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install runtime-deps test-deps test reliability bench lint format unit integration demo up down diagram clean
+.PHONY: install runtime-deps test-deps test reliability bench lint format unit integration demo up down screenshots diagram clean
 
 install: $(PY_STAMP) $(NPM_STAMP) runtime-deps
 
 # Debian packages, installed when run as root (CI, the dev machines); otherwise a clear message
 # says what to install. Tesseract does the receipts' OCR (the demo and the tests); Chromium runs
 # the inbox page's browser tests.
-RUNTIME_APT := tesseract-ocr
+RUNTIME_APT := tesseract-ocr jq
 TEST_APT := chromium
 
 define apt_install
@@ -92,6 +92,10 @@ up: install
 
 down:
 	@test -x $(BIN)/python || { echo "nothing to stop (no .venv)"; exit 0; }; $(BIN)/python -m deploy.up down
+
+# The console's screenshots in docs/images (the README shows them), from its browser tests.
+screenshots: install test-deps
+	CONSOLE_SCREENSHOT_DIR=docs/images $(BIN)/pytest tests/integration/test_console_browser.py
 
 diagram: $(PY_STAMP)
 	@$(BIN)/python -m app diagram ExpenseReport

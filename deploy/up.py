@@ -10,7 +10,8 @@ task, issues approver credentials, and writes:
   command line is no longer the recorded one belongs to someone else and is left alone);
 * `var/up/env`: the exports an operator's shell needs (`source var/up/env`): the stack's
   addresses, its development secrets, its database, the credentials, and `agentctl` and
-  `restate` on the PATH.
+  `restate` on the PATH;
+* `var/up/receipt.png` (`$RECEIPT_FILE`): a receipt to submit by hand, dated `$RECEIPT_DATE`.
 """
 
 from __future__ import annotations
@@ -29,12 +30,16 @@ import httpx
 from pydantic import BaseModel
 
 from deploy.local import ROOT, Stack, StackError, wait_until
-from tools.domains.expense.seed import seed_expenses
+from tools.domains.expense.receipts import render_receipt
+from tools.domains.expense.seed import SAMPLES, days_ago, seed_expenses
 
 # Where it lives: var/up in the checkout (UP_DIR moves it, e.g. for the tests of `make up`).
 UP_DIR = Path(os.environ.get("UP_DIR") or ROOT / "var/up").resolve()
 STATE_FILE = UP_DIR / "stack.json"
 ENV_FILE = UP_DIR / "env"
+# A receipt to submit by hand (the README's example): the hotel stay, dated yesterday, since a
+# claim may be at most so many days old; its date is exported as RECEIPT_DATE.
+RECEIPT_FILE = UP_DIR / "receipt.png"
 STOP_SECONDS = 15.0
 # Who signs in where: the approvers the sample tasks wait for.
 APPROVERS = ("travel-manager", "ops-lead")
@@ -123,7 +128,7 @@ def up() -> int:
         waiting=waiting,
     )
     STATE_FILE.write_text(state.model_dump_json(indent=2))
-    write_env(stack, credentials)
+    write_env(stack, credentials, write_receipt())
     explain(state)
     return 0
 
@@ -156,7 +161,17 @@ def start_samples(stack: Stack) -> dict[str, str]:
     return waiting
 
 
-def write_env(stack: Stack, credentials: dict[str, str]) -> None:
+def write_receipt() -> str:
+    """The hotel stay's receipt, dated yesterday, as a file; returns its date."""
+    hotel = next(sample for sample in SAMPLES if sample.label == "hotel-stay")
+    date = days_ago(1)
+    RECEIPT_FILE.write_bytes(
+        render_receipt(hotel.merchant, date, list(hotel.items), hotel.tax_rate, address=hotel.address)
+    )
+    return date.isoformat()
+
+
+def write_env(stack: Stack, credentials: dict[str, str], receipt_date: str) -> None:
     from app.settings import DEV_OPERATOR_TOKEN, DEV_WEBHOOK_SECRET
     from tools.service.settings import DEV_EXPENSES_API_TOKEN, DEV_TOOLS_API_TOKEN
 
@@ -173,6 +188,8 @@ def write_env(stack: Stack, credentials: dict[str, str]) -> None:
         "TOOLS_API_TOKEN": DEV_TOOLS_API_TOKEN,
         "EXPENSES_API_TOKEN": DEV_EXPENSES_API_TOKEN,
         **{f"APPROVER_{name.upper().replace('-', '_')}": token for name, token in credentials.items()},
+        "RECEIPT_FILE": str(RECEIPT_FILE),
+        "RECEIPT_DATE": receipt_date,
     }
     lines = [f"# The stack `make up` started: `source {shown(ENV_FILE)}` (make down stops it)."]
     lines += [f"export {name}={shlex.quote(value)}" for name, value in exports.items()]

@@ -165,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="how long a task not there yet may take to appear before exit 3 (default 10)",
     )
+    watch.add_argument(
+        "--until-waiting",
+        action="store_true",
+        help="also stop (exit 0) once the task waits for an approval that has been asked for",
+    )
     watch.set_defaults(handler=cmd_watch)
 
     for name, verb in (("approve", "Approve"), ("reject", "Reject")):

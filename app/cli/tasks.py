@@ -209,6 +209,7 @@ def cmd_watch(config: Config, args: argparse.Namespace) -> int:
             timeout=args.timeout,
             interval=args.interval,
             grace=args.start_grace,
+            until_waiting=args.until_waiting,
         )
 
 
@@ -263,8 +264,10 @@ def follow(
     interval: float,
     grace: float | None,
     invocation_id: str | None = None,
+    until_waiting: bool = False,
 ) -> int:
-    """Poll the task's status, print each new transition, end at a terminal state or the timeout.
+    """Poll the task's status, print each new transition, end at a terminal state or the timeout
+    (with `until_waiting`, also once the task waits for an approval that has been asked for).
 
     A task not there yet is waited for `grace` seconds (None: as long as its `run` invocation,
     when known, has not failed), so a watch started right after `start` does not miss it."""
@@ -310,6 +313,9 @@ def follow(
                     progress.done()
                     return finish(config, view)
                 pending = view.get("pending_approval")
+                if isinstance(pending, Mapping) and until_waiting and pending.get("approval_ticket_id"):
+                    progress.done()
+                    return waiting_now(config, pending)
                 if isinstance(pending, Mapping):
                     progress.waiting(pending)
                 else:
@@ -324,6 +330,17 @@ def follow(
             time.sleep(max(pause, 0.0))
     finally:
         progress.done()
+
+
+def waiting_now(config: Config, pending: Mapping[str, Any]) -> int:
+    if config.json:
+        config.emit({"type": "waiting", "pending_approval": pending})
+    else:
+        config.line(
+            f"waiting for approval at {pending.get('state')} by {', '.join(pending.get('approvers') or [])} "
+            f"until {pending.get('deadline')}, hash {pending.get('approval_hash')}"
+        )
+    return EXIT_OK
 
 
 def finish(config: Config, view: Mapping[str, Any]) -> int:
