@@ -110,6 +110,7 @@ pre {
 }
 code { font-size: 0.9em; }
 td.task code { white-space: nowrap; }
+a.review { font-size: 0.875rem; }
 .empty { color: var(--muted); font-style: italic; margin: 8px 0; }
 .not-yours { color: var(--muted); font-style: italic; }
 @media (max-width: 960px) {
@@ -231,7 +232,9 @@ _SCRIPT = """
     entry.deadline = el("time");
     entry.overdue = el("span", { "class": "tag overdue" }, "overdue");
     entry.reminded = el("span", { "class": "tag" }, "reminder sent");
-    var taskCell = cell("Task", "task"); taskCell.append(entry.task);
+    // The console's page of the task: the approval as a readable form, its receipt, its history.
+    entry.review = el("a", { "class": "review", "data-testid": "review-link" }, "Review in the console");
+    var taskCell = cell("Task", "task"); taskCell.append(entry.task, el("br"), entry.review);
     var agentCell = cell("Agent"); agentCell.append(entry.agent);
     var summaryCell = cell("Summary", "summary"); summaryCell.append(entry.summary);
     var approversCell = cell("Approvers"); approversCell.append(entry.approvers);
@@ -297,6 +300,7 @@ _SCRIPT = """
     entry.tr.dataset.taskId = task;
     entry.tr.dataset.agent = str(a.agent);
     entry.task.textContent = task;
+    entry.review.href = "/console#/task/" + encodeURIComponent(str(a.agent)) + "/" + encodeURIComponent(task);
     entry.agent.textContent = str(a.agent);
     entry.summary.textContent = str(a.summary);
     entry.approvers.textContent = Array.isArray(a.approvers)

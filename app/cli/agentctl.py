@@ -43,7 +43,7 @@ from app.cli.journal import cmd_journal
 from app.cli.listing import cmd_failed, cmd_list, cmd_pending
 from app.cli.operations import cmd_cancel, cmd_resume
 from app.cli.tasks import cmd_diagram, cmd_start, cmd_status, cmd_watch
-from app.console.tasks import MAX_PAGE, STATUSES
+from app.console.query import MAX_PAGE, STATUSES
 from app.settings import configured_database_url, default_database_url
 
 

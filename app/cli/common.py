@@ -16,8 +16,8 @@ from urllib.parse import quote
 import httpx
 
 from app.audit.event_log import EventStore, event_log_url, store_for
-from app.console.tasks import iso as iso
-from app.console.tasks import sql_literal as sql_literal
+from app.console.query import iso as iso
+from app.console.query import sql_literal as sql_literal
 from common.db import normalize_database_url
 
 EXIT_OK = 0

@@ -4,7 +4,7 @@ someone (`pending`) and the tasks that failed (`failed`)."""
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.cli.common import (
     EXIT_OK,
@@ -17,17 +17,10 @@ from app.cli.common import (
     open_store,
     unreachable,
 )
-from app.console.tasks import (
-    OPEN_GATES_QUERY,
-    STALLS_QUERY,
-    TaskPage,
-    TaskQuery,
-    TaskRow,
-    UnknownAgent,
-    list_tasks,
-    open_gates,
-    stalls_of,
-)
+from app.console.query import TaskQuery
+
+if TYPE_CHECKING:
+    from app.console.tasks import TaskPage, TaskRow
 
 SUMMARY_WIDTH = 60
 ERROR_WIDTH = 100
@@ -43,6 +36,9 @@ def _query(args: argparse.Namespace, status: str | None) -> TaskQuery:
 
 
 def _page(config: Config, query: TaskQuery) -> TaskPage:
+    # Here, not at the top: the index imports the engine (and the Restate SDK), which every other
+    # agentctl command would pay for at start.
+    from app.console.tasks import STALLS_QUERY, UnknownAgent, list_tasks, stalls_of
     from app.service import machines
 
     store = open_store(config)
@@ -109,6 +105,8 @@ def cmd_failed(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_pending(config: Config, args: argparse.Namespace) -> int:
+    from app.console.tasks import OPEN_GATES_QUERY, open_gates
+
     with http_client() as client:
         rows = admin_query(client, config, OPEN_GATES_QUERY)
     pending = [row for row in open_gates(rows) if args.agent is None or row.agent == args.agent]

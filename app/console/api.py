@@ -34,18 +34,9 @@ from starlette.routing import Route
 
 from app.audit.event_log import Broken, Event, EventStore, store_for, verify_chain
 from app.console.page import console_page
+from app.console.query import Status, TaskQuery, iso, sql_literal
 from app.console.responses import error, unauthorized, unavailable, validation_details
-from app.console.tasks import (
-    STALLS_QUERY,
-    Status,
-    TaskQuery,
-    UnknownAgent,
-    iso,
-    list_tasks,
-    sql_literal,
-    stalls_of,
-    status_of,
-)
+from app.console.tasks import STALLS_QUERY, UnknownAgent, list_tasks, stalls_of, status_of
 from app.runtime.machine import Machine, to_mermaid_with_path
 from app.settings import Settings
 

@@ -12,20 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import replace
-from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from app.audit.event_log import EventStore, HeadSelection, TaskHead
+from app.console.query import Status, TaskQuery, iso
 from app.gates.models import GateState
 from app.runtime.engine import PendingApprovalView, StallView
 from app.runtime.machine import Machine
 from app.runtime.stalls import STALL_KEY, Stall
-
-Status = Literal["running", "waiting", "stalled", "failed", "complete"]
-STATUSES: tuple[Status, ...] = ("running", "waiting", "stalled", "failed", "complete")
-MAX_PAGE = 500
 
 # Restate's introspection SQL (admin API, `/query`): values are the SDK's JSON, as UTF-8.
 STALLS_QUERY = f"SELECT service_name, service_key, value_utf8 FROM state WHERE key = '{STALL_KEY}'"
@@ -35,17 +31,6 @@ OPEN_GATES_QUERY = (
 )
 
 TaskKey = tuple[str, str]
-
-
-class TaskQuery(BaseModel):
-    """What an operator asks for: filters and a page. Validated at the boundary (query string,
-    command line), so a bad filter is a clear 4xx / usage error, never an empty list."""
-
-    agent: str | None = Field(None, min_length=1, max_length=64)
-    status: Status | None = None
-    search: str | None = Field(None, max_length=300, description="a substring of the task id")
-    limit: int = Field(50, ge=1, le=MAX_PAGE)
-    offset: int = Field(0, ge=0)
 
 
 class TaskRow(BaseModel):
@@ -74,15 +59,6 @@ class TaskPage(BaseModel):
 
 class UnknownAgent(ValueError):
     """A filter named an agent that is not registered."""
-
-
-def sql_literal(value: str) -> str:
-    """A SQL string literal for Restate's introspection queries: quoted, single quotes doubled."""
-    return "'" + value.replace("'", "''") + "'"
-
-
-def iso(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
 
 
 def status_of(machine: Machine | None, state: str, stalled: bool) -> Status:

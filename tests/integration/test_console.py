@@ -5,6 +5,7 @@ and a tampered event log shown as broken."""
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -210,7 +211,7 @@ def test_a_plan_shows_which_calls_have_side_effects(
 def stream(stack: Stack, operator: dict[str, str]) -> Iterator[list[dict[str, Any]]]:
     """The live stream, read by a thread into a list of its events until the test ends."""
     received: list[dict[str, Any]] = []
-    stop = threading.Event()
+    connection: list[socket.socket] = []
 
     def read() -> None:
         with httpx.Client(timeout=httpx.Timeout(60, read=30)) as client:
@@ -218,21 +219,25 @@ def stream(stack: Stack, operator: dict[str, str]) -> Iterator[list[dict[str, An
                 assert answer.status_code == 200 and answer.headers["content-type"].startswith(
                     "text/event-stream"
                 )
+                connection.append(answer.extensions["network_stream"].get_extra_info("socket"))
                 name = ""
-                for line in answer.iter_lines():
-                    if stop.is_set():
-                        return
-                    if line.startswith("event: "):
-                        name = line.removeprefix("event: ")
-                    elif line.startswith("data: "):
-                        received.append({"event": name, **json.loads(line.removeprefix("data: "))})
+                try:
+                    for line in answer.iter_lines():
+                        if line.startswith("event: "):
+                            name = line.removeprefix("event: ")
+                        elif line.startswith("data: "):
+                            received.append({"event": name, **json.loads(line.removeprefix("data: "))})
+                except httpx.HTTPError:
+                    return  # the test is over: its end shut the connection
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     wait_until(lambda: any(item["event"] == "ready" for item in received), timeout=30, what="the stream")
     yield received
-    stop.set()
-    reader.join(timeout=35)
+    # Shut the connection down: the reader is blocked until the next line (a heartbeat: 15 s).
+    connection[0].shutdown(socket.SHUT_RDWR)
+    reader.join(timeout=10)
+    assert not reader.is_alive()
 
 
 def test_the_live_stream_says_when_a_task_moves(stack: Stack, stream: list[dict[str, Any]]) -> None:

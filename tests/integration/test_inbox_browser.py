@@ -27,6 +27,9 @@ def test_approving_in_the_inbox_page_completes_the_task(stack: Stack) -> None:
         row = page.locator(f'[data-testid="approval-row"][data-task-id="{task_id}"]')
         expect(row).to_be_visible(timeout=15_000)
         expect(row).to_contain_text("create_ticket")
+        expect(row.get_by_test_id("review-link")).to_have_attribute(
+            "href", f"/console#/task/AgentTask/{task_id}"
+        )
         row.get_by_test_id("comment-input").fill("approved from the inbox")
         row.get_by_test_id("approve-button").click()
         expect(page.get_by_test_id("status-message")).to_contain_text("ecorded", timeout=15_000)
