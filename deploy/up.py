@@ -213,19 +213,18 @@ def explain(state: UpState) -> None:
 
 
 def stop(state: UpState) -> list[str]:
-    """SIGTERM each recorded process that is still ours, then SIGKILL what outlives the grace."""
-    stopped = []
-    for process in reversed(state.processes):
-        if not _ours(process):
-            continue
+    """SIGTERM every recorded process that is still ours at once (each stops on its own; none
+    needs another to), then SIGKILL what outlives the grace."""
+    running = [process for process in reversed(state.processes) if _ours(process)]
+    for process in running:
         os.kill(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_SECONDS
-        while _ours(process) and time.monotonic() < deadline:
-            time.sleep(0.1)
+    deadline = time.monotonic() + STOP_SECONDS
+    while any(_ours(process) for process in running) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for process in running:
         if _ours(process):
             os.kill(process.pid, signal.SIGKILL)
-        stopped.append(f"{process.name} (pid {process.pid})")
-    return stopped
+    return [f"{process.name} (pid {process.pid})" for process in running]
 
 
 def down() -> int:

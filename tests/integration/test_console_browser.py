@@ -29,6 +29,16 @@ def browser() -> Iterator[Browser]:
         yield launched
 
 
+@pytest.fixture(scope="module")
+def reports(stack: Stack) -> dict[str, str]:
+    """One batch of sample expenses, a report started on each this module uses: label -> task."""
+    expenses = seeded(stack)
+    return {
+        label: run_report(stack, expenses[label])
+        for label in ("hotel-stay", "conference-flight", "mismatch-taxi")
+    }
+
+
 def screenshot(page: Page, name: str) -> None:
     folder = os.environ.get("CONSOLE_SCREENSHOT_DIR")
     if folder:
@@ -55,10 +65,9 @@ def signed_in(browser: Browser, stack: Stack, credential: str) -> tuple[Page, li
 
 
 def test_an_approver_finds_reads_and_approves_an_expense_and_watches_it_complete(
-    browser: Browser, stack: Stack
+    browser: Browser, stack: Stack, reports: dict[str, str]
 ) -> None:
-    expenses = seeded(stack)
-    task_id = run_report(stack, expenses["hotel-stay"])
+    task_id = reports["hotel-stay"]
     pending = wait_waiting(stack, task_id)["pending_approval"]
     page, problems = signed_in(browser, stack, stack.approver_credential("travel-manager"))
     expect(page.locator("#who")).to_have_text("travel-manager", timeout=TIMEOUT_MS)
@@ -118,8 +127,10 @@ def test_an_approver_finds_reads_and_approves_an_expense_and_watches_it_complete
     assert problems == []
 
 
-def test_a_decision_that_is_not_yours_is_never_offered(browser: Browser, stack: Stack) -> None:
-    task_id = run_report(stack, seeded(stack)["hotel-stay"])
+def test_a_decision_that_is_not_yours_is_never_offered(
+    browser: Browser, stack: Stack, reports: dict[str, str]
+) -> None:
+    task_id = reports["conference-flight"]  # waits for travel-manager too
     wait_waiting(stack, task_id)
     page, problems = signed_in(browser, stack, stack.approver_credential("ops-lead"))
     page.goto(f"{stack.approvals_url}/console#/task/ExpenseReport/{task_id}")
@@ -134,8 +145,8 @@ def test_a_decision_that_is_not_yours_is_never_offered(browser: Browser, stack: 
     assert problems == []
 
 
-def test_a_failed_tasks_page_says_why(browser: Browser, stack: Stack) -> None:
-    task_id = run_report(stack, seeded(stack)["mismatch-taxi"])
+def test_a_failed_tasks_page_says_why(browser: Browser, stack: Stack, reports: dict[str, str]) -> None:
+    task_id = reports["mismatch-taxi"]
     stack.wait_for_state("ExpenseReport", task_id, END, timeout=90)
     page, problems = signed_in(browser, stack, stack.approver_credential("travel-manager"))
     page.get_by_test_id("filter-status").select_option("failed")
