@@ -488,11 +488,10 @@ class Listed:
 def listed(stack: Stack) -> Listed:
     prefix = new_task_id("lists")
     complete, failed, waiting = f"{prefix}-a", f"{prefix}-b", f"{prefix}-c"
+    # Started side by side (`start` itself is tested above): their order is read from the list.
     for task_id in (complete, failed, waiting):
-        assert (
-            agentctl(stack, "start", "AgentTask", task_id, "--user-id", "u-1", "--task", TASK_TEXT).returncode
-            == 0
-        )
+        stack.send("AgentTask", task_id, "run", {"user_id": "u-1", "task": TASK_TEXT})
+    for task_id in (complete, failed, waiting):
         wait_parked(stack, task_id)
     for task_id, verb in ((complete, "approve"), (failed, "reject")):
         decided = agentctl(stack, verb, "AgentTask", task_id, "--approver", "ops-lead")
@@ -514,20 +513,20 @@ def test_list_shows_each_task_newest_first_with_its_status_and_the_database_read
     stack: Stack, listed: Listed
 ) -> None:
     page, stderr = _listed(stack, "list", "--search", listed.prefix)
-    assert [(row["task_id"], row["state"], row["status"]) for row in page["tasks"]] == [
+    assert {(row["task_id"], row["state"], row["status"]) for row in page["tasks"]} == {
         (listed.waiting, "WAIT_APPROVAL", "waiting"),
         (listed.failed, "FAILED", "failed"),
         (listed.complete, "COMPLETE", "complete"),
-    ]
+    }
+    created = [row["created_at"] for row in page["tasks"]]
+    assert created == sorted(created, reverse=True)
     assert page["total"] == 3 and page["stalls_known"] is True
     events_file = stack.database_url.removeprefix("sqlite:///").replace(".db", ".events.db")
     assert f"reading the event log at sqlite:///{events_file}" in stderr
     text = agentctl(stack, "list", "--search", listed.prefix)
     assert text.returncode == 0
     assert [line.split()[2] for line in text.stdout.splitlines() if not line.startswith(" ")] == [
-        listed.waiting,
-        listed.failed,
-        listed.complete,
+        row["task_id"] for row in page["tasks"]
     ]
     assert "3 task(s) match; shown 1-3" in text.stderr
 
@@ -543,8 +542,9 @@ def test_list_filters_by_state_and_agent_and_pages(stack: Stack, listed: Listed)
     assert running["tasks"] == [] and running["total"] == 0
     other, _ = _listed(stack, "list", "--search", listed.prefix, "--agent", "ExpenseReport")
     assert other["total"] == 0
+    every, _ = _listed(stack, "list", "--search", listed.prefix)
     second, _ = _listed(stack, "list", "--search", listed.prefix, "--limit", "1", "--offset", "1")
-    assert [row["task_id"] for row in second["tasks"]] == [listed.failed]
+    assert [row["task_id"] for row in second["tasks"]] == [every["tasks"][1]["task_id"]]
     assert (second["total"], second["offset"], second["limit"]) == (3, 1, 1)
     text = agentctl(stack, "list", "--search", listed.prefix, "--limit", "1")
     assert "next page: --offset 1" in text.stderr
