@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.environment import Environment, parse_environment, resolve_secrets
@@ -23,6 +32,39 @@ DEV_WEBHOOK_SECRET = "dev-approval-webhook-secret"
 DEV_OPERATOR_TOKEN = "dev-operator-token"
 DEV_TOOLS_API_TOKEN = "dev-tools-api-token"
 PUBLIC_KEY_PREFIX = "publickeyv1_"
+
+
+class ModelPrice(BaseModel):
+    """What a model costs, in US dollars per million tokens."""
+
+    input: Decimal = Field(ge=0)
+    output: Decimal = Field(ge=0)
+
+
+# Anthropic's list prices (USD per million tokens); MODEL_PRICES overrides or extends them.
+DEFAULT_MODEL_PRICES: dict[str, dict[str, str]] = {
+    "offline": {"input": "0", "output": "0"},
+    "claude-opus-4-1": {"input": "15", "output": "75"},
+    "claude-sonnet-4-5": {"input": "3", "output": "15"},
+    "claude-haiku-4-5": {"input": "1", "output": "5"},
+}
+_PRICE_TABLE = TypeAdapter(dict[str, ModelPrice])
+
+
+def parse_model_prices(text: str) -> dict[str, ModelPrice]:
+    """MODEL_PRICES, a JSON object of model -> {"input": USD, "output": USD} per million tokens,
+    over the defaults; ValueError naming what is wrong."""
+    try:
+        given = json.loads(text) if text.strip() else {}
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"MODEL_PRICES is not JSON: {exc}") from None
+    try:
+        return {**_PRICE_TABLE.validate_python(DEFAULT_MODEL_PRICES), **_PRICE_TABLE.validate_python(given)}
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+        raise ValueError(
+            'MODEL_PRICES maps each model to {"input": USD, "output": USD} per million tokens: ' + problems
+        ) from None
 
 
 class DatabaseSetting(BaseSettings):
@@ -65,6 +107,8 @@ class Settings(BaseSettings):
     anthropic_base_url: str | None = Field(None, alias="ANTHROPIC_BASE_URL")
     llm_timeout_seconds: float = Field(120.0, alias="LLM_TIMEOUT_SECONDS", gt=0)
     llm_max_tokens: int = Field(2048, alias="LLM_MAX_TOKENS", gt=0)
+    # What each model costs (see parse_model_prices): a task's spend is priced with it, per call.
+    model_prices_json: str = Field("", alias="MODEL_PRICES")
 
     # Secrets: unset means the development value with ENV=development, and a refusal to start in
     # production (see _fail_closed). The webhook secret also keys the proofs the approvals surface
@@ -137,6 +181,12 @@ class Settings(BaseSettings):
     def _known_environment(cls, value: object) -> Environment:
         return parse_environment(value)
 
+    @field_validator("model_prices_json")
+    @classmethod
+    def _prices_parse(cls, value: str) -> str:
+        parse_model_prices(value)
+        return value
+
     @field_validator("restate_identity_public_keys_csv")
     @classmethod
     def _public_keys_look_right(cls, value: str) -> str:
@@ -197,6 +247,10 @@ class Settings(BaseSettings):
     @property
     def restate_identity_public_keys(self) -> list[str]:
         return [key for key in self.restate_identity_public_keys_csv.split(",") if key]
+
+    @property
+    def model_prices(self) -> dict[str, ModelPrice]:
+        return parse_model_prices(self.model_prices_json)
 
     @property
     def approvers(self) -> list[str]:

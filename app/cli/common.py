@@ -272,6 +272,9 @@ def print_view(config: Config, view: Mapping[str, Any]) -> None:
             f"approval at {approval.get('state')}: {approval.get('outcome')}{who}{comment} "
             f"at {approval.get('decided_at')}, hash {approval.get('approval_hash')}"
         )
+    spend = view.get("spend")
+    if isinstance(spend, Mapping):
+        config.line(f"spent: {spend_line(spend, estimated=view.get('model') == 'offline')}")
     stall = view.get("stall")
     if isinstance(stall, Mapping):
         config.line(
@@ -287,6 +290,17 @@ def print_view(config: Config, view: Mapping[str, Any]) -> None:
     config.line(f"history ({len(history)} transitions):")
     for entry in history:
         config.line("  " + transition_line(entry))
+
+
+def spend_line(spend: Mapping[str, Any], *, estimated: bool) -> str:
+    """A task's spend in one line: model calls, tokens, cost, tool calls."""
+    unpriced = spend.get("unpriced_calls") or 0
+    cost = f"${spend.get('cost_usd')}" + (f" (+{unpriced} call(s) with no price)" if unpriced else "")
+    tokens = f"{spend.get('input_tokens', 0):,} in + {spend.get('output_tokens', 0):,} out tokens"
+    return (
+        f"{spend.get('llm_calls', 0)} model call(s), {tokens}{' (estimated)' if estimated else ''}, "
+        f"{cost}; {spend.get('tool_calls', 0)} tool call(s)"
+    )
 
 
 def terminal_states_of(agent: str) -> frozenset[str]:

@@ -287,6 +287,12 @@ _SCRIPT = r"""
     var head = $("task-head"); clear(head);
     head.append(el("span", { "class": "mono" }, v.state), document.createTextNode(" "), badge(d.status));
     if (v.model) { head.append(el("span", { "class": "muted" }, "  model " + v.model)); }
+    if (v.spend) {
+      var sp = v.spend, est = v.model === "offline" ? " (estimated)" : "";
+      head.append(el("span", { "class": "muted", "data-testid": "spend" }, "  · " + sp.llm_calls + " model call(s), " +
+        Number(sp.input_tokens).toLocaleString() + " in + " + Number(sp.output_tokens).toLocaleString() + " out tokens" + est +
+        ", $" + sp.cost_usd + (sp.unpriced_calls ? " (+" + sp.unpriced_calls + " unpriced)" : "") + "; " + sp.tool_calls + " tool call(s)"));
+    }
     var body = $("task-body"); clear(body);
     if (v.error) {
       var banner = el("div", { "class": "banner failed", "data-testid": "error-banner" });
@@ -485,11 +491,15 @@ _SCRIPT = r"""
       : el("p", { "class": "chain-bad", "data-testid": "chain" }, "Hash chain BROKEN at event " + chain.broken.seq + ": " + chain.broken.problem));
     if (!d.events.length) { wrap.append(el("p", { "class": "empty" }, "No events logged yet.")); return wrap; }
     var table = el("table", { "data-testid": "timeline-table" });
-    var head = el("tr"); ["#", "When", "Transition", "Note"].forEach(function (h) { head.append(el("th", { scope: "col" }, h)); });
+    var head = el("tr"); ["#", "When", "Transition", "Note", "Model use"].forEach(function (h) { head.append(el("th", { scope: "col" }, h)); });
     table.append(head);
     d.events.forEach(function (e) {
       var tr = el("tr", { "data-testid": "timeline-row" });
       tr.append(el("td", {}, e.seq), el("td", {}, when(e.at)), el("td", { "class": "mono" }, (e.from_state || "(start)") + " \u2192 " + e.to_state), el("td", { "class": "text" }, e.note));
+      var used = (e.payload && e.payload.usage) || [];
+      tr.append(el("td", { "class": "muted", "data-testid": "event-usage" }, used.map(function (u) {
+        return u.step.split(" ").slice(-1)[0] + ": " + (u.input_tokens + u.output_tokens) + " tokens" + (u.cost_usd === null ? "" : ", $" + u.cost_usd);
+      }).join("; ")));
       table.append(tr);
     });
     wrap.append(table);

@@ -10,11 +10,14 @@ from app.llm.port import (
     InT,
     LanguageModel,
     LlmTask,
+    Metered,
     ModelOutputError,
     ModelUnavailableError,
     OutT,
     UnknownToolError,
+    Usage,
 )
+from app.llm.pricing import usage_of
 
 if TYPE_CHECKING:
     from app.settings import Settings
@@ -22,10 +25,12 @@ if TYPE_CHECKING:
 __all__ = [
     "LanguageModel",
     "LlmTask",
+    "Metered",
     "ModelOutputError",
     "ModelUnavailableError",
     "OfflineModel",
     "UnknownToolError",
+    "Usage",
     "build_model",
     "current_model",
     "model_named",
@@ -75,7 +80,11 @@ def model_named(name: str) -> LanguageModel:
     return AnthropicModel.from_settings(settings.model_copy(update={"anthropic_model": name}))
 
 
-async def structured_by(model: str, task: LlmTask[InT, OutT], request: InT) -> OutT:
-    """One structured call on the model named `model`. Runs only inside a journaled step, so the
-    model is chosen where a failure to reach it is retried, never in handler code."""
-    return await model_named(model).structured(task, request)
+async def structured_by(model: str, task: LlmTask[InT, OutT], request: InT) -> Metered[OutT]:
+    """One structured call on the model named `model`, and what it used. Runs only inside a
+    journaled step, so the model is chosen where a failure to reach it is retried, never in
+    handler code, and its cost is priced once, at the prices of the moment."""
+    from app.settings import get_settings
+
+    answer = await model_named(model).structured(task, request)
+    return Metered(value=answer.output, usage=usage_of(model, answer, get_settings().model_prices))

@@ -28,7 +28,7 @@ import anthropic
 from pydantic import ValidationError
 from restate import TerminalError
 
-from app.llm.port import InT, LlmTask, ModelOutputError, OutT, UnknownToolError
+from app.llm.port import Answer, InT, LlmTask, ModelOutputError, OutT, UnknownToolError
 from app.llm.prompting import DATA_RULE, inline_refs
 from app.outage import Unreachable
 
@@ -188,10 +188,10 @@ class AnthropicModel:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    async def structured(self, task: LlmTask[InT, OutT], request: InT) -> OutT:
+    async def structured(self, task: LlmTask[InT, OutT], request: InT) -> Answer[OutT]:
         """One forced tool call for `task`; its input validated as the task's output type."""
         schema = task.schema(request) if task.schema else inline_refs(task.output_type.model_json_schema())
-        output = await self._call(
+        answer = await self._call(
             tool_name=task.tool_name,
             description=task.description or f"Submit the {task.name} result.",
             schema=schema,
@@ -200,8 +200,8 @@ class AnthropicModel:
             output=task.output_type,
         )
         if task.check is not None:
-            task.check(request, output)
-        return output
+            task.check(request, answer.output)
+        return answer
 
     async def _call(
         self,
@@ -212,7 +212,7 @@ class AnthropicModel:
         system: str,
         prompt: str,
         output: type[OutT],
-    ) -> OutT:
+    ) -> Answer[OutT]:
         tool: ToolParam = {"name": tool_name, "description": description, "input_schema": schema}
         tool_choice: ToolChoiceToolParam = {"type": "tool", "name": tool_name}
         messages: list[MessageParam] = [{"role": "user", "content": prompt}]
@@ -246,7 +246,11 @@ class AnthropicModel:
             response.usage.input_tokens,
             response.usage.output_tokens,
         )
-        return self._parse(response, tool_name, output)
+        return Answer(
+            output=self._parse(response, tool_name, output),
+            input_tokens=response.usage.input_tokens,
+            output_tokens=response.usage.output_tokens,
+        )
 
     @staticmethod
     def _parse(response: Message, tool_name: str, output: type[OutT]) -> OutT:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Generic, Protocol, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from app.outage import Unreachable
 
@@ -64,6 +65,43 @@ class LlmTask(Generic[InT, OutT]):
         return self.tool or f"submit_{self.name}"
 
 
+@dataclass(frozen=True)
+class Answer(Generic[OutT]):
+    """A model's structured output and the tokens it took, as the provider counted them (or, for
+    the offline model, an estimate)."""
+
+    output: OutT
+    input_tokens: int
+    output_tokens: int
+    estimated: bool = False
+
+
+class Usage(BaseModel):
+    """What one LLM step used, journaled with its result (a replay never counts it again): the
+    tokens, and their cost at the price table in force when the call was made."""
+
+    step: str = ""
+    model: str
+    input_tokens: int = Field(0, ge=0)
+    output_tokens: int = Field(0, ge=0)
+    # US dollars; None when the price table has no price for the model.
+    cost_usd: Decimal | None = None
+    # The offline model's estimate (about 4 characters a token), not a provider's count.
+    estimated: bool = False
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Metered(Generic[T]):
+    """A journaled step's value and what it used: the engine journals the value as the step's
+    result and the usage beside it (app/runtime/engine.py, `Stamped.usage`)."""
+
+    value: T
+    usage: Usage
+
+
 class LanguageModel(Protocol):
     """What the agents need from a model; `AnthropicModel` and `OfflineModel` implement it.
 
@@ -77,4 +115,4 @@ class LanguageModel(Protocol):
     @property
     def offline(self) -> bool: ...
 
-    async def structured(self, task: LlmTask[InT, OutT], request: InT) -> OutT: ...
+    async def structured(self, task: LlmTask[InT, OutT], request: InT) -> Answer[OutT]: ...

@@ -24,8 +24,9 @@ import re
 import secrets
 import time
 import unicodedata
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
 import restate
@@ -36,7 +37,7 @@ from restate.serde import BytesSerde
 from app.audit.event_log import GENESIS, Event, EventDraft, new_event, store_for
 from app.gates.models import ApprovalRecord, ApprovalRequest, GateIntrusion, GatePolicy, PendingApproval
 from app.gates.waiting import GATE_ENTRY_TOOL_CALLS, Armed, Wake, await_gate, enter_gate, gate_defaults
-from app.llm import LlmTask, current_model, structured_by
+from app.llm import LlmTask, Metered, Usage, current_model, structured_by
 from app.llm.port import InT, OutT
 from app.runtime import tool_client
 from app.runtime.faults import crash_if_planned
@@ -103,10 +104,37 @@ class TaskError(BaseModel):
 
 class Mark(BaseModel):
     """When a journaled step ended, and the highest event seq it wrote to the log on its way (0:
-    none, or the log was unavailable; the events stay in the task record and go with a later step)."""
+    none, or the log was unavailable; the events stay in the task record and go with a later step);
+    for an LLM step, what it used (journaled with it: a replay never counts it twice)."""
 
     at: float
     logged: int = 0
+    usage: Usage | None = None
+
+
+class Spend(BaseModel):
+    """What a task has used so far: its model calls' tokens and cost, and its tool calls. Added
+    up from journaled usage at each transition, so it is exact through replays and crashes."""
+
+    llm_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: Decimal = Decimal("0")
+    # Model calls the price table had no price for: their cost is not in cost_usd.
+    unpriced_calls: int = 0
+    tool_calls: int = 0
+
+    def plus(self, usage: Sequence[Usage], tool_calls: int) -> Spend:
+        if not usage and not tool_calls:
+            return self
+        return Spend(
+            llm_calls=self.llm_calls + len(usage),
+            input_tokens=self.input_tokens + sum(u.input_tokens for u in usage),
+            output_tokens=self.output_tokens + sum(u.output_tokens for u in usage),
+            cost_usd=self.cost_usd + sum((u.cost_usd for u in usage if u.cost_usd is not None), Decimal("0")),
+            unpriced_calls=self.unpriced_calls + sum(1 for u in usage if u.cost_usd is None),
+            tool_calls=self.tool_calls + tool_calls,
+        )
 
 
 class Stamped(Mark, Generic[T]):
@@ -146,6 +174,8 @@ class TaskRecord(BaseModel, Generic[D]):
     # Events sealed but not yet known to be in the event log (the chain head above includes them):
     # durable here, in Restate, until a journaled step reports them written.
     unlogged: list[Event] = Field(default_factory=list)
+    # What the task has used so far (tokens, cost, tool calls), up to its last transition.
+    spend: Spend = Field(default_factory=Spend)
 
 
 class StallView(BaseModel):
@@ -304,6 +334,8 @@ class TaskView(BaseModel):
     result: dict[str, Any] | None = None
     error: TaskError | None = None
     data: dict[str, Any] = Field(default_factory=dict)
+    # What the task has used so far: model calls, tokens, cost (USD), tool calls.
+    spend: Spend = Field(default_factory=Spend)
 
 
 class Next(BaseModel):
@@ -388,6 +420,9 @@ class StepContext(Generic[D]):
         # A state visited again (a loop) gets fresh keys; a replay of the same visit the same keys.
         self.visit = sum(1 for t in record.history if t.to_state == record.state)
         self._tool_calls = first_call_index
+        # What this step's model calls used, and how many tool calls it made (journaled values).
+        self.usage: list[Usage] = []
+        self.tool_calls_made = 0
         # The task's events not yet in the log; each journaled call writes them on its way.
         self.unlogged = list(record.unlogged)
         # The view a snapshot of the log records, as of the task's last event (made only if due).
@@ -409,6 +444,8 @@ class StepContext(Generic[D]):
     def marked(self, mark: Mark) -> None:
         self.ended_at = mark.at
         self.logged = max(self.logged, mark.logged)
+        if mark.usage is not None:
+            self.usage.append(mark.usage)
 
     def idempotency_key(self, index: int) -> str:
         """Derived from agent, task, its salt, state, visit and call index: stable across retries
@@ -425,6 +462,7 @@ class StepContext(Generic[D]):
         """Call a tool through the tool service, journaled, with this call's derived Idempotency-Key."""
         index = self._tool_calls
         self._tool_calls += 1
+        self.tool_calls_made += 1
         return await self._journaled(
             f"{self.state} tool {index} {name}",
             tool_client.call_tool,
@@ -474,7 +512,12 @@ class StepContext(Generic[D]):
                 value = await attempt(*call_args, **call_kwargs)
             finally:
                 logged = await written
-            return stamped_type(value=value, at=time.time(), logged=logged)
+            usage = None
+            if isinstance(value, Metered):
+                # An LLM step: its value is journaled as the step's result, its usage beside it.
+                usage = value.usage.model_copy(update={"step": label})
+                value = value.value
+            return stamped_type(value=value, at=time.time(), logged=logged, usage=usage)
 
         stamped_options = _with_type(options, stamped_type)
         stall = Stall(
@@ -501,7 +544,8 @@ class StepContext(Generic[D]):
     async def llm(self, task: LlmTask[InT, OutT], request: InT) -> OutT:
         """Run one of the agent's LLM tasks as a journaled step: the output is journaled, never the
         prompt; a replay returns the journaled output without calling the model."""
-        return await self.run(f"llm {task.name}", structured_by, task.output_type, self.model, task, request)
+        action: Callable[..., Coroutine[Any, Any, OutT]] = structured_by  # type: ignore[assignment]
+        return await self.run(f"llm {task.name}", action, task.output_type, self.model, task, request)
 
 
 StepFn = Callable[[StepContext[D]], Awaitable[Next]]
@@ -555,6 +599,7 @@ def view_of(record: TaskRecord[Any], machine: Machine) -> TaskView:
         result=record.result,
         error=record.error,
         data=record.data.model_dump(mode="json"),
+        spend=record.spend,
     )
 
 
@@ -773,6 +818,7 @@ class AgentEngine(Generic[D]):
                 "error": decision.error if decision.error is not None else record.error,
                 # Only a gate state has a pending approval: leaving one clears it in this write.
                 "pending_approval": record.pending_approval if self.machine.is_gate(target) else None,
+                "spend": record.spend.plus(step.usage, step.tool_calls_made),
             }
         )
         after = updated.data.model_dump(mode="json")
@@ -786,6 +832,9 @@ class AgentEngine(Generic[D]):
         decided_before, intruded_before = approvals_before
         if len(updated.approvals) > decided_before:
             payload["approval"] = updated.approvals[-1].model_dump(mode="json")
+        if step.usage:
+            # What the step's model calls used: per call, as journaled (tokens, cost, model).
+            payload["usage"] = [usage.model_dump(mode="json") for usage in step.usage]
         if step.stalls:
             # The outages this step waited out, for the record of when the task was stalled and why.
             payload["stalls"] = [stall.model_dump(mode="json") for stall in step.stalls]
@@ -840,10 +889,12 @@ class AgentEngine(Generic[D]):
             if at_gate.ended_at is not None:
                 step.ended_at = at_gate.ended_at
             step.logged = max(step.logged, at_gate.logged)
+            step.tool_calls_made += at_gate.tool_calls_made
             return entered
         except TerminalError as exc:
             assert self.machine.failure is not None
             step.logged, step.ended_at = max(step.logged, at_gate.logged), None
+            step.tool_calls_made += at_gate.tool_calls_made
             return Next(
                 target=self.machine.failure,
                 error=TaskError(state=gate, code="step_failed", message=exc.message),

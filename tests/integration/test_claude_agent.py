@@ -7,13 +7,16 @@ fails the task with the reason recorded, and a negative verification ends in FAI
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from app.agents.agent_task.llm import ANALYZE, PLAN, VERIFY
+from app.audit.event_log import store_for
 from deploy.local import Stack, running_stack, wait_until
 from tests.fakes.anthropic_api import FakeAnthropicAPI
 from tests.integration.conftest import sqlite_url
@@ -35,6 +38,8 @@ def claude_stack(
         "ANTHROPIC_API_KEY": "test-key",
         "ANTHROPIC_BASE_URL": fake_llm.url,
         "ANTHROPIC_MODEL": "claude-test",
+        # USD per million tokens: the spend below is these prices times the fake API's counts.
+        "MODEL_PRICES": json.dumps({"claude-test": {"input": "3", "output": "15"}}),
     }
     with running_stack(
         workdir, sqlite_url(workdir), extra_env=env, always_replay=request.param == "always-replay"
@@ -81,6 +86,35 @@ def test_structured_outputs_drive_the_task_to_complete(claude_stack: Stack, llm:
     sent = llm.requests_for(PLAN.tool_name)[0]["body"]
     assert sent["model"] == "claude-test"
     assert sent["tool_choice"] == {"type": "tool", "name": PLAN.tool_name}
+
+
+def test_the_spend_is_exactly_what_the_api_counted_once_per_call(
+    claude_stack: Stack, llm: FakeAnthropicAPI
+) -> None:
+    """Tokens and cost in the view and the event log are the fake API's usage numbers, each call
+    counted once: in always-replay mode too, where every step is replayed many times."""
+    view = run_task(claude_stack, "Open a ticket: the printer jams")
+    assert view["state"] == "COMPLETE", view
+    answered = [request["usage"] for request in llm.requests if request["status"] == 200]
+    assert len(answered) == 3
+    tokens_in = sum(usage["input_tokens"] for usage in answered)
+    tokens_out = sum(usage["output_tokens"] for usage in answered)
+    spend = view["spend"]
+    assert (spend["llm_calls"], spend["input_tokens"], spend["output_tokens"]) == (3, tokens_in, tokens_out)
+    assert Decimal(spend["cost_usd"]) == (Decimal(3) * tokens_in + Decimal(15) * tokens_out) / 1_000_000
+    assert spend["unpriced_calls"] == 0
+    # lookup_user_history, request_approval, close_approval, create_ticket
+    assert spend["tool_calls"] == 4
+    # Per step, in the event log: each LLM step's usage with the transition that followed it.
+    events = store_for(claude_stack.database_url).events("AgentTask", view["task_id"])
+    logged = [usage for event in events for usage in event.payload.get("usage", [])]
+    assert [usage["step"] for usage in logged] == [
+        "ANALYZE llm analyze",
+        "PLAN llm plan",
+        "VERIFY llm verify",
+    ]
+    assert sum(usage["input_tokens"] for usage in logged) == tokens_in
+    assert all(usage["model"] == "claude-test" and not usage["estimated"] for usage in logged)
 
 
 def test_overloaded_api_is_retried_by_restate_not_by_the_sdk(

@@ -205,6 +205,11 @@ def test_a_plan_shows_which_calls_have_side_effects(
     steps = detail["view"]["pending_approval"]["details"]["plan"]["steps"]
     assert steps and all(step["tool"] in detail["tools"] for step in steps)
     assert detail["tools"]["create_ticket"] is True and detail["tools"]["lookup_user_history"] is False
+    # Waiting after ANALYZE and PLAN: two model calls (offline: free), each in the event log.
+    spend = detail["view"]["spend"]
+    assert (spend["llm_calls"], spend["cost_usd"]) == (2, "0")
+    used = [usage["step"] for event in detail["events"] for usage in event["payload"].get("usage", [])]
+    assert used == ["ANALYZE llm analyze", "PLAN llm plan"]
 
 
 @pytest.fixture

@@ -51,10 +51,22 @@ def verify_input() -> VerifyInput:
 # --- happy paths: a tool_use answer becomes a validated port type ---------------------------------
 
 
+async def test_the_answer_carries_the_tokens_the_api_counted(
+    model: AnthropicModel, fake_api: FakeAnthropicAPI
+) -> None:
+    answer = await model.structured(ANALYZE, analyze_input())
+    [request] = fake_api.requests
+    assert (answer.input_tokens, answer.output_tokens) == (
+        request["usage"]["input_tokens"],
+        request["usage"]["output_tokens"],
+    )
+    assert answer.input_tokens > 0 and answer.output_tokens > 0 and not answer.estimated
+
+
 async def test_analyze_returns_validated_analysis_and_sends_forced_tool(
     model: AnthropicModel, fake_api: FakeAnthropicAPI
 ) -> None:
-    analysis = await model.structured(ANALYZE, analyze_input())
+    analysis = (await model.structured(ANALYZE, analyze_input())).output
 
     assert isinstance(analysis, Analysis)
     assert "export button is broken" in analysis.summary
@@ -79,7 +91,7 @@ async def test_analyze_returns_validated_analysis_and_sends_forced_tool(
 async def test_plan_returns_validated_plan_with_catalog_enum(
     model: AnthropicModel, fake_api: FakeAnthropicAPI
 ) -> None:
-    plan = await model.structured(PLAN, plan_input())
+    plan = (await model.structured(PLAN, plan_input())).output
 
     assert isinstance(plan, Plan)
     assert [step.tool for step in plan.steps] == ["create_ticket"]
@@ -97,7 +109,7 @@ async def test_plan_returns_validated_plan_with_catalog_enum(
 async def test_verify_returns_validated_verification(
     model: AnthropicModel, fake_api: FakeAnthropicAPI
 ) -> None:
-    verification = await model.structured(VERIFY, verify_input())
+    verification = (await model.structured(VERIFY, verify_input())).output
 
     assert verification == Verification(success=True, reason="All 1 calls returned a result.")
     assert fake_api.requests[0]["body"]["tool_choice"] == {"type": "tool", "name": VERIFY.tool_name}
@@ -108,7 +120,7 @@ async def test_verify_uses_the_structured_verdict_not_text(
 ) -> None:
     fake_api.queue_tool_input({"success": False, "reason": "yes, well, the ticket was not created"})
 
-    verification = await model.structured(VERIFY, verify_input())
+    verification = (await model.structured(VERIFY, verify_input())).output
 
     assert verification == Verification(success=False, reason="yes, well, the ticket was not created")
 
@@ -184,7 +196,7 @@ async def test_any_declared_task_is_one_forced_tool_call(
     fake_api.queue_tool_input(answer, tool=SPLIT.tool_name)
     request = Text(text="hello <world>")
 
-    words = await model.structured(SPLIT, request)
+    words = (await model.structured(SPLIT, request)).output
 
     assert words == Words.model_validate(answer)
     [sent] = fake_api.requests
@@ -230,7 +242,7 @@ async def test_an_outage_then_success_on_the_next_attempt(
 
     with pytest.raises(Unreachable):
         await model.structured(PLAN, plan_input())
-    plan = await model.structured(PLAN, plan_input())  # what Restate's retry of the step does
+    plan = (await model.structured(PLAN, plan_input())).output  # what Restate's retry of the step does
 
     assert [step.tool for step in plan.steps] == ["create_ticket"]
     assert fake_api.count(PLAN.tool_name) == 2

@@ -146,14 +146,20 @@ async def test_subprocess_mode_with_the_real_sdk(fake_process: str, anyio_backen
         )
         async with AnthropicModel(api_key=TEST_API_KEY, model=TEST_MODEL, base_url=fake_process) as model:
             ctx = user_context()
-            analysis = await model.structured(ANALYZE, AnalyzeInput(task="The VPN is broken", context=ctx))
-            plan = await model.structured(
-                PLAN,
-                PlanInput(task="The VPN is broken", context=ctx, analysis=analysis, tools=shipped_catalog()),
-            )
-            verification = await model.structured(
-                VERIFY, VerifyInput(task="The VPN is broken", plan=plan, results=[])
-            )
+            analysis = (
+                await model.structured(ANALYZE, AnalyzeInput(task="The VPN is broken", context=ctx))
+            ).output
+            plan = (
+                await model.structured(
+                    PLAN,
+                    PlanInput(
+                        task="The VPN is broken", context=ctx, analysis=analysis, tools=shipped_catalog()
+                    ),
+                )
+            ).output
+            verification = (
+                await model.structured(VERIFY, VerifyInput(task="The VPN is broken", plan=plan, results=[]))
+            ).output
         recorded = (await control.get("/_fake/requests")).json()
 
     assert plan.steps[0].tool == "create_ticket" and plan.steps[0].args["title"] == "The VPN is broken"
@@ -164,11 +170,13 @@ async def test_subprocess_mode_with_the_real_sdk(fake_process: str, anyio_backen
 @pytest.mark.anyio
 async def test_default_plan_respects_the_catalog(model: AnthropicModel) -> None:
     ctx = user_context()
-    analysis = await model.structured(ANALYZE, AnalyzeInput(task="broken", context=ctx))
+    analysis = (await model.structured(ANALYZE, AnalyzeInput(task="broken", context=ctx))).output
     no_tickets = [tool for tool in shipped_catalog() if tool.name != "create_ticket"]
 
-    plan = await model.structured(
-        PLAN, PlanInput(task="broken", context=ctx, analysis=analysis, tools=no_tickets)
-    )
+    plan = (
+        await model.structured(
+            PLAN, PlanInput(task="broken", context=ctx, analysis=analysis, tools=no_tickets)
+        )
+    ).output
 
     assert plan == Plan(steps=[])

@@ -30,9 +30,9 @@ async def model_run(task: str) -> tuple[PlanInput, Plan]:
     """`full_run` through the port: what the engine gets from the offline model."""
     model = OfflineModel()
     ctx = user_context()
-    analysis = await model.structured(ANALYZE, AnalyzeInput(task=task, context=ctx))
+    analysis = (await model.structured(ANALYZE, AnalyzeInput(task=task, context=ctx))).output
     request = PlanInput(task=task, context=ctx, analysis=analysis, tools=shipped_catalog())
-    return request, await model.structured(PLAN, request)
+    return request, (await model.structured(PLAN, request)).output
 
 
 @pytest.mark.anyio
@@ -50,8 +50,8 @@ async def test_determinism_same_input_same_output_through_the_offline_model() ->
         plan=first_plan,
         results=[ExecutedCall(tool=s.tool, args=s.args, result={"ok": True}) for s in first_plan.steps],
     )
-    verification = await OfflineModel().structured(VERIFY, verify)
-    assert verification == await OfflineModel().structured(VERIFY, verify)
+    verification = (await OfflineModel().structured(VERIFY, verify)).output
+    assert verification == (await OfflineModel().structured(VERIFY, verify)).output
     assert verification == offline.verify(verify)
 
 

@@ -36,8 +36,8 @@ async def test_classify_is_deterministic_keyword_matching(
     merchant: str, description: str, category: str, confidence: float
 ) -> None:
     model = OfflineModel()
-    first = await model.structured(CLASSIFY, classify_input(merchant, description))
-    assert first == await model.structured(CLASSIFY, classify_input(merchant, description))
+    first = (await model.structured(CLASSIFY, classify_input(merchant, description))).output
+    assert first == (await model.structured(CLASSIFY, classify_input(merchant, description))).output
     assert first == offline.classify(classify_input(merchant, description))
     assert (first.category, first.confidence) == (category, confidence)
 
