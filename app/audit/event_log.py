@@ -182,24 +182,24 @@ class EventStore:
 
     def append(self, item: Event, snapshot: dict[str, Any] | None = None) -> Appended:
         """One event (and its snapshot), as `append_many` writes it, saying whether it was there."""
-        written = self._write([item], snapshot)
+        written = self.write([item], snapshot)
         return Appended(event_id=item.event_id, hash=item.hash, replayed=not written)
 
     def append_many(self, items: Sequence[Event], snapshot: dict[str, Any] | None = None) -> int:
         """Write a task's events in one transaction, with a snapshot of its view as of the last of
         them if given; returns the highest seq now in the log (0 for none)."""
-        self._write(items, snapshot)
+        self.write(items, snapshot)
         return items[-1].seq if items else 0
 
-    def _write(self, items: Sequence[Event], snapshot: dict[str, Any] | None) -> int:
-        """Insert the events not yet stored, in one transaction; returns how many were new. Events
+    def write(self, items: Sequence[Event], snapshot: dict[str, Any] | None = None) -> list[Event]:
+        """Insert the events not yet stored, in one transaction; returns those it inserted. Events
         already there are checked by hash and left alone, so a retried write is a no-op; one stored
         with other content is refused (the log never changes). The snapshot goes with the last
         event, if that one is new."""
         if not items:
-            return 0
+            return []
         ids = [item.event_id for item in items]
-        written = 0
+        written: list[Event] = []
         with self.session() as session:
             stored = dict(
                 session.execute(
@@ -214,7 +214,7 @@ class EventStore:
                         )
                     continue
                 session.add(_row_of(item))
-                written += 1
+                written.append(item)
                 if snapshot is not None and item is items[-1]:
                     session.add(_snapshot_of(item, snapshot))
         return written
@@ -271,6 +271,28 @@ class EventStore:
         return [
             TaskMove(cursor=row.id, agent=row.agent, task_id=row.task_id, state=row.to_state) for row in rows
         ]
+
+    def state_counts(self) -> list[tuple[str, str, int]]:
+        """How many tasks are in each state, by agent, as of each task's last logged event."""
+        last = (
+            select(TaskEvent.agent, TaskEvent.task_id, func.max(TaskEvent.seq).label("last_seq"))
+            .group_by(TaskEvent.agent, TaskEvent.task_id)
+            .subquery()
+        )
+        query = (
+            select(TaskEvent.agent, TaskEvent.to_state, func.count())
+            .join(
+                last,
+                and_(
+                    TaskEvent.agent == last.c.agent,
+                    TaskEvent.task_id == last.c.task_id,
+                    TaskEvent.seq == last.c.last_seq,
+                ),
+            )
+            .group_by(TaskEvent.agent, TaskEvent.to_state)
+        )
+        with self.session() as session:
+            return [(agent, state, int(count)) for agent, state, count in session.execute(query).all()]
 
     def heads(self, selection: HeadSelection) -> tuple[int, list[TaskHead]]:
         """The tasks `selection` picks, each as of its last event, newest task first: how many

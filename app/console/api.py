@@ -27,16 +27,18 @@ from urllib.parse import quote
 
 import anyio.to_thread
 import httpx
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from app.audit import metrics
 from app.audit.event_log import Broken, Event, EventStore, store_for, verify_chain
 from app.console.page import console_page
 from app.console.query import Status, TaskQuery, iso, sql_literal
 from app.console.responses import error, unauthorized, unavailable, validation_details
-from app.console.tasks import STALLS_QUERY, UnknownAgent, list_tasks, stalls_of, status_of
+from app.console.tasks import STALLS_QUERY, UnknownAgent, list_tasks, stalls_of, status_of, task_gauges
 from app.runtime.machine import Machine, to_mermaid_with_path
 from app.settings import Settings
 
@@ -132,6 +134,7 @@ class ConsoleApi:
             Route("/console/api/tasks/{agent}/{task_id}", self.task, methods=["GET"]),
             Route("/console/api/tasks/{agent}/{task_id}/receipt", self.receipt, methods=["GET"]),
             Route("/console/api/changes", self.changes, methods=["GET"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
         ]
 
     async def _viewer(self, request: Request) -> Viewer | Response:
@@ -275,6 +278,23 @@ class ConsoleApi:
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
+
+    # --- metrics -------------------------------------------------------------------------------
+
+    async def metrics(self, request: Request) -> Response:
+        """Prometheus' scrape, with the operator token (`authorization: credentials` in its scrape
+        config): the counters of this process, and gauges of what exists now."""
+        viewer = await self._viewer(request)
+        if isinstance(viewer, Response):
+            return viewer
+        if viewer.approver is not None:
+            return error(
+                403, "operator_only", "the metrics are the operator's: scrape with the operator token"
+            )
+        counts = await anyio.to_thread.run_sync(self.store().state_counts)
+        rows = await self._admin_query(STALLS_QUERY)
+        gauges = task_gauges(counts, self.machines, stalls_of(rows) if rows is not None else None)
+        return Response(generate_latest(metrics.REGISTRY) + gauges, media_type=CONTENT_TYPE_LATEST)
 
     async def mermaid(self, _: Request) -> Response:
         if not MERMAID_JS.is_file():

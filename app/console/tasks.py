@@ -10,10 +10,13 @@ A task's *status* is what an operator filters on, from its state and its agent's
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from pydantic import BaseModel, ValidationError
 
 from app.audit.event_log import EventStore, HeadSelection, TaskHead
@@ -189,3 +192,42 @@ def open_gates(rows: list[dict[str, Any]]) -> list[PendingRow]:
         )
     pending.sort(key=lambda item: item.approval.deadline)
     return pending
+
+
+def task_gauges(
+    counts: list[tuple[str, str, int]],
+    machines: Mapping[str, Machine],
+    stalls: Mapping[TaskKey, Stall] | None,
+) -> bytes:
+    """The scrape-time gauges, in Prometheus' text format: tasks by agent, state and status (from
+    the event log), stalled steps by agent (from Restate), and whether Restate answered."""
+    registry = CollectorRegistry()
+    tasks = GaugeMetricFamily(
+        "agent_tasks",
+        "Tasks by agent, state and status, as of their last logged event.",
+        labels=["agent", "state", "status"],
+    )
+    for agent, state, count in sorted(counts):
+        tasks.add_metric([agent, state, status_of(machines.get(agent), state, stalled=False)], count)
+    stalled = GaugeMetricFamily(
+        "agent_tasks_stalled", "Tasks whose step waits out an outage, by agent.", labels=["agent"]
+    )
+    reachable = GaugeMetricFamily(
+        "agent_restate_reachable", "1 if Restate answered the scrape's query of stalls."
+    )
+    reachable.add_metric([], 0 if stalls is None else 1)
+    by_agent: dict[str, int] = dict.fromkeys(machines, 0)
+    for agent, _ in stalls or {}:
+        by_agent[agent] = by_agent.get(agent, 0) + 1
+    for agent, count in sorted(by_agent.items()):
+        stalled.add_metric([agent], count)
+    registry.register(_Families([tasks, stalled, reachable]))
+    return generate_latest(registry)
+
+
+class _Families(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families

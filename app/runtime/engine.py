@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from restate import ObjectContext, ObjectSharedContext, RunOptions, TerminalError
 from restate.serde import BytesSerde
 
+from app.audit import metrics
 from app.audit.event_log import GENESIS, Event, EventDraft, new_event, store_for
 from app.gates.models import ApprovalRecord, ApprovalRequest, GateIntrusion, GatePolicy, PendingApproval
 from app.gates.waiting import GATE_ENTRY_TOOL_CALLS, Armed, Wake, await_gate, enter_gate, gate_defaults
@@ -509,7 +510,9 @@ class StepContext(Generic[D]):
             # already, and a step never waits for the log's commit.
             written = asyncio.ensure_future(write_events_quietly(pending, snapshot))
             try:
-                value = await attempt(*call_args, **call_kwargs)
+                # Timed here, inside the journaled closure: only a real execution, never a replay.
+                with metrics.timed_attempt(self.agent, label):
+                    value = await attempt(*call_args, **call_kwargs)
             finally:
                 logged = await written
             usage = None
@@ -832,6 +835,10 @@ class AgentEngine(Generic[D]):
         decided_before, intruded_before = approvals_before
         if len(updated.approvals) > decided_before:
             payload["approval"] = updated.approvals[-1].model_dump(mode="json")
+            if record.pending_approval is not None:
+                # How long the gate waited for its outcome (the metrics' gate wait), from journaled times.
+                waited = updated.approvals[-1].decided_at - record.pending_approval.requested_at
+                payload["gate_wait_seconds"] = round(max(0.0, waited), 3)
         if step.usage:
             # What the step's model calls used: per call, as journaled (tokens, cost, model).
             payload["usage"] = [usage.model_dump(mode="json") for usage in step.usage]
@@ -977,8 +984,10 @@ async def write_events(pending: list[Event], snapshot: dict[str, Any] | None) ->
     """Write sealed events to the event log (one transaction), with the snapshot of the task's view
     as of the last of them if given; only inside `ctx.run_typed`."""
     store = store_for(get_settings().database_url)
-    upto = await asyncio.to_thread(store.append_many, pending, snapshot)
-    return Mark(at=time.time(), logged=upto)
+    inserted = await asyncio.to_thread(store.write, pending, snapshot)
+    # Counted here, where each event is inserted once (a retried write inserts nothing).
+    metrics.observe_logged(inserted)
+    return Mark(at=time.time(), logged=pending[-1].seq if pending else 0)
 
 
 async def write_events_quietly(pending: list[Event], snapshot: dict[str, Any] | None = None) -> int:
