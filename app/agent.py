@@ -23,6 +23,7 @@ from restate.serde import BytesSerde
 from app.gates.deciding import decide_with_proof
 from app.gates.models import ApprovalRequest, GateReply, ProvenDecision
 from app.llm import LlmTask
+from app.runtime.budget import Budget
 from app.runtime.engine import (
     AgentEngine,
     ApprovalFn,
@@ -33,6 +34,7 @@ from app.runtime.engine import (
     TaskView,
     agent_object,
     parse_input,
+    split_budget,
 )
 from app.runtime.machine import Gate, Machine
 from app.runtime.refusals import RefusedStart, forget_refused_start
@@ -40,6 +42,7 @@ from app.runtime.refusals import RefusedStart, forget_refused_start
 __all__ = [
     "Agent",
     "ApprovalRequest",
+    "Budget",
     "Gate",
     "LlmTask",
     "Machine",
@@ -72,11 +75,14 @@ class Agent(Generic[InputT, D]):
     # other tool; this list documents the agent's side of that contract.
     tools: frozenset[str] = frozenset()
     llm_tasks: tuple[LlmTask[Any, Any], ...] = ()
+    # Default limits of each task (tokens, cost, tool calls, time); a task's input may lower them.
+    # Any limit needs the machine's BUDGET gate (Machine.declare(budget_gate=True)) to stop at.
+    budget: Budget = field(default_factory=Budget)
     engine: AgentEngine[D] = field(init=False, repr=False, compare=False)
     virtual_object: restate.VirtualObject = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        engine = AgentEngine(self.machine, self.data_type, self.steps, self.approvals)
+        engine = AgentEngine(self.machine, self.data_type, self.steps, self.approvals, self.budget)
         object.__setattr__(self, "engine", engine)
         object.__setattr__(self, "virtual_object", _virtual_object(self))
 
@@ -90,10 +96,12 @@ def _virtual_object(agent: Agent[Any, Any]) -> restate.VirtualObject:
     obj = agent_object(agent.name, agent.description)
     engine = agent.engine
 
-    def start_input(raw: bytes) -> Any:
-        """The run's input, validated; bad input is a refused start (nothing written yet)."""
+    def start_input(raw: bytes) -> tuple[Any, Budget | None]:
+        """The run's input, validated, and the budget it asks for (`"budget"` beside the agent's own
+        fields); bad input is a refused start (nothing written yet)."""
         try:
-            return parse_input(raw, agent.input_type)
+            own, budget = split_budget(raw)
+            return parse_input(own, agent.input_type), budget
         except TerminalError as bad:
             raise RefusedStart(bad.message, status_code=bad.status_code) from None
 
@@ -101,8 +109,8 @@ def _virtual_object(agent: Agent[Any, Any]) -> restate.VirtualObject:
     async def run(ctx: ObjectContext, raw: bytes) -> TaskView:
         """Start (or resume) the task keyed by this object and drive it to a terminal state."""
         try:
-            request = start_input(raw)
-            return await engine.start_or_resume(ctx, request, agent.start(request))
+            request, budget = start_input(raw)
+            return await engine.start_or_resume(ctx, request, agent.start(request), budget)
         except RefusedStart as refused:
             # Refused before anything was written: not even its Idempotency-Key is kept.
             forget_refused_start(ctx, agent.name, refused)

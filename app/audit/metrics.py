@@ -57,6 +57,12 @@ LLM_TOKENS = Counter(
     ["agent", "model", "direction"],
     registry=REGISTRY,
 )
+BUDGET_STOPS = Counter(
+    "agent_budget_stops",
+    "Tasks stopped at their budget gate (their next step would have gone over), by agent and limit.",
+    ["agent", "limit"],
+    registry=REGISTRY,
+)
 LLM_COST = Counter(
     "agent_llm_cost_usd",
     "Model cost in US dollars at the price table of each call, by agent and model.",
@@ -77,6 +83,9 @@ def observe_logged(events: Sequence[Event]) -> None:
             LLM_TOKENS.labels(event.agent, model, "output").inc(int(usage.get("output_tokens") or 0))
             if usage.get("cost_usd") is not None:
                 LLM_COST.labels(event.agent, model).inc(float(usage["cost_usd"]))
+        stop = payload.get("budget_stop")
+        if isinstance(stop, dict):
+            BUDGET_STOPS.labels(event.agent, str(stop.get("limit"))).inc()
         waited = payload.get("gate_wait_seconds")
         approval = payload.get("approval")
         if waited is not None and isinstance(approval, dict):

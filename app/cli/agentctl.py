@@ -167,8 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     watch.add_argument(
         "--until-waiting",
-        action="store_true",
-        help="also stop (exit 0) once the task waits for an approval that has been asked for",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="GATE",
+        help="also stop (exit 0) once the task waits for an approval that has been asked for "
+        "(at GATE, e.g. BUDGET, if given)",
     )
     watch.set_defaults(handler=cmd_watch)
 

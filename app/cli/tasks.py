@@ -264,10 +264,11 @@ def follow(
     interval: float,
     grace: float | None,
     invocation_id: str | None = None,
-    until_waiting: bool = False,
+    until_waiting: str | None = None,
 ) -> int:
     """Poll the task's status, print each new transition, end at a terminal state or the timeout
-    (with `until_waiting`, also once the task waits for an approval that has been asked for).
+    (with `until_waiting`, also once the task waits for an approval that has been asked for, at
+    that gate if one is named: a gate just decided still shows until the task moves on).
 
     A task not there yet is waited for `grace` seconds (None: as long as its `run` invocation,
     when known, has not failed), so a watch started right after `start` does not miss it."""
@@ -313,7 +314,12 @@ def follow(
                     progress.done()
                     return finish(config, view)
                 pending = view.get("pending_approval")
-                if isinstance(pending, Mapping) and until_waiting and pending.get("approval_ticket_id"):
+                if (
+                    isinstance(pending, Mapping)
+                    and until_waiting is not None
+                    and pending.get("approval_ticket_id")
+                    and until_waiting in ("", pending.get("state"))
+                ):
                     progress.done()
                     return waiting_now(config, pending)
                 if isinstance(pending, Mapping):

@@ -24,10 +24,9 @@ import re
 import secrets
 import time
 import unicodedata
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import restate
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -36,12 +35,29 @@ from restate.serde import BytesSerde
 
 from app.audit import metrics
 from app.audit.event_log import GENESIS, Event, EventDraft, new_event, store_for
-from app.gates.models import ApprovalRecord, ApprovalRequest, GateIntrusion, GatePolicy, PendingApproval
-from app.gates.waiting import GATE_ENTRY_TOOL_CALLS, Armed, Wake, await_gate, enter_gate, gate_defaults
+from app.gates.models import (
+    ApprovalRecord,
+    ApprovalRequest,
+    GateIntrusion,
+    GatePolicy,
+    Outcome,
+    PendingApproval,
+)
+from app.gates.waiting import (
+    GATE_ENTRY_TOOL_CALLS,
+    GATE_TOOLS,
+    Armed,
+    Wake,
+    await_gate,
+    enter_gate,
+    gate_defaults,
+)
 from app.llm import LlmTask, Metered, Usage, current_model, structured_by
 from app.llm.port import InT, OutT
 from app.runtime import tool_client
+from app.runtime.budget import Budget, BudgetExceeded, BudgetStop, Spend
 from app.runtime.faults import crash_if_planned
+from app.runtime.machine import BUDGET as BUDGET_STATE
 from app.runtime.machine import IllegalTransition, Machine, transition
 from app.runtime.refusals import RefusedStart
 from app.runtime.stalls import STALL_KEY, Stall, StallPolicy, StallRecord, one_line_attempts, through_outages
@@ -113,31 +129,6 @@ class Mark(BaseModel):
     usage: Usage | None = None
 
 
-class Spend(BaseModel):
-    """What a task has used so far: its model calls' tokens and cost, and its tool calls. Added
-    up from journaled usage at each transition, so it is exact through replays and crashes."""
-
-    llm_calls: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: Decimal = Decimal("0")
-    # Model calls the price table had no price for: their cost is not in cost_usd.
-    unpriced_calls: int = 0
-    tool_calls: int = 0
-
-    def plus(self, usage: Sequence[Usage], tool_calls: int) -> Spend:
-        if not usage and not tool_calls:
-            return self
-        return Spend(
-            llm_calls=self.llm_calls + len(usage),
-            input_tokens=self.input_tokens + sum(u.input_tokens for u in usage),
-            output_tokens=self.output_tokens + sum(u.output_tokens for u in usage),
-            cost_usd=self.cost_usd + sum((u.cost_usd for u in usage if u.cost_usd is not None), Decimal("0")),
-            unpriced_calls=self.unpriced_calls + sum(1 for u in usage if u.cost_usd is None),
-            tool_calls=self.tool_calls + tool_calls,
-        )
-
-
 class Stamped(Mark, Generic[T]):
     """A journaled step's result with its `Mark`: the transition after it needs no clock read."""
 
@@ -177,6 +168,10 @@ class TaskRecord(BaseModel, Generic[D]):
     unlogged: list[Event] = Field(default_factory=list)
     # What the task has used so far (tokens, cost, tool calls), up to its last transition.
     spend: Spend = Field(default_factory=Spend)
+    # Its limits (the agent's, lowered by its input, raised at the budget gate), and where the
+    # budget stopped it while it waits at that gate.
+    budget: Budget = Field(default_factory=Budget)
+    budget_stop: BudgetStop | None = None
 
 
 class StallView(BaseModel):
@@ -335,8 +330,9 @@ class TaskView(BaseModel):
     result: dict[str, Any] | None = None
     error: TaskError | None = None
     data: dict[str, Any] = Field(default_factory=dict)
-    # What the task has used so far: model calls, tokens, cost (USD), tool calls.
+    # What the task has used so far: model calls, tokens, cost (USD), tool calls; and its limits.
     spend: Spend = Field(default_factory=Spend)
+    budget: Budget = Field(default_factory=Budget)
 
 
 class Next(BaseModel):
@@ -421,9 +417,14 @@ class StepContext(Generic[D]):
         # A state visited again (a loop) gets fresh keys; a replay of the same visit the same keys.
         self.visit = sum(1 for t in record.history if t.to_state == record.state)
         self._tool_calls = first_call_index
-        # What this step's model calls used, and how many tool calls it made (journaled values).
+        # What this step's model calls used, and how many tool calls it made (journaled values),
+        # on top of what the task had spent before it; and the limits they are checked against.
         self.usage: list[Usage] = []
         self.tool_calls_made = 0
+        self.spent_before = record.spend
+        self.budget = record.budget
+        self.budget_stop = record.budget_stop
+        self.created_at = record.history[0].at if record.history else 0.0
         # The task's events not yet in the log; each journaled call writes them on its way.
         self.unlogged = list(record.unlogged)
         # The view a snapshot of the log records, as of the task's last event (made only if due).
@@ -459,11 +460,29 @@ class StepContext(Generic[D]):
     def next_idempotency_key(self) -> str:
         return self.idempotency_key(self._tool_calls)
 
+    def spent(self) -> Spend:
+        """What the task has spent, this step's calls so far included."""
+        return self.spent_before.plus(self.usage, self.tool_calls_made)
+
+    def within_budget(self, next_step: Literal["llm", "tool"]) -> None:
+        """Before a model or tool call: stop (BudgetExceeded) if it would go over the budget. From
+        journaled values only (spend, the last journaled time), so a replay decides the same."""
+        elapsed = max(
+            0.0, (self.ended_at if self.ended_at is not None else self.created_at) - self.created_at
+        )
+        spent = self.spent()
+        limit = self.budget.reached(spent, elapsed, next_step)
+        if limit is not None:
+            raise BudgetExceeded(limit, self.budget.describe(limit, spent, elapsed))
+
     async def call_tool(self, name: str, args: Mapping[str, Any]) -> ToolResult:
         """Call a tool through the tool service, journaled, with this call's derived Idempotency-Key."""
+        # The gate's own calls (ask, remind, close) are not the task's work: never stopped, not counted.
+        if name not in GATE_TOOLS:
+            self.within_budget("tool")
+            self.tool_calls_made += 1
         index = self._tool_calls
         self._tool_calls += 1
-        self.tool_calls_made += 1
         return await self._journaled(
             f"{self.state} tool {index} {name}",
             tool_client.call_tool,
@@ -547,6 +566,7 @@ class StepContext(Generic[D]):
     async def llm(self, task: LlmTask[InT, OutT], request: InT) -> OutT:
         """Run one of the agent's LLM tasks as a journaled step: the output is journaled, never the
         prompt; a replay returns the journaled output without calling the model."""
+        self.within_budget("llm")
         action: Callable[..., Coroutine[Any, Any, OutT]] = structured_by  # type: ignore[assignment]
         return await self.run(f"llm {task.name}", action, task.output_type, self.model, task, request)
 
@@ -554,6 +574,51 @@ class StepContext(Generic[D]):
 StepFn = Callable[[StepContext[D]], Awaitable[Next]]
 # What a gate state asks a human to approve, built from the task's data.
 ApprovalFn = Callable[[StepContext[D]], ApprovalRequest]
+
+
+class _WithBudget(BaseModel):
+    """What a task's input hash covers when the input asks for a budget."""
+
+    input: dict[str, Any]
+    budget: Budget
+
+    def __init__(self, input: BaseModel, budget: Budget) -> None:
+        super().__init__(input=input.model_dump(mode="json"), budget=budget)
+
+
+def _limit_of(budget: Budget, limit: str) -> str:
+    value = {
+        "tokens": budget.max_tokens,
+        "cost": budget.max_cost_usd,
+        "tool_calls": budget.max_tool_calls,
+        "seconds": budget.max_seconds,
+    }[limit]
+    return f"${value}" if limit == "cost" else f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def budget_request(step: StepContext[Any]) -> ApprovalRequest:
+    """What the budget gate asks: the task stopped, what it spent against what limit, and the
+    budget an "extend" gives it (a reject stops it)."""
+    stop = step.budget_stop
+    assert stop is not None, "the budget gate is entered only by a budget stop"
+    spent = step.spent_before
+    elapsed = max(0.0, (step.ended_at or step.created_at) - step.created_at)
+    extended = step.budget.extended(stop.limit, spent, elapsed)
+    return ApprovalRequest(
+        summary=(
+            f"{step.agent} {step.task_id} stopped by its budget before its next step in {stop.state}: "
+            f"{stop.reason}. Approve to extend {stop.limit} to {_limit_of(extended, stop.limit)} and go on; "
+            "reject to stop the task."
+        ),
+        details={
+            "stopped_in": stop.state,
+            "limit": stop.limit,
+            "reason": stop.reason,
+            "spent": spent.model_dump(mode="json"),
+            "budget": step.budget.model_dump(mode="json"),
+            "extended_budget": extended.model_dump(mode="json"),
+        },
+    )
 
 
 def _with_type(options: RunOptions[Any], result_type: type[T]) -> RunOptions[T]:
@@ -568,6 +633,26 @@ def _with_type(options: RunOptions[Any], result_type: type[T]) -> RunOptions[T]:
 def input_hash(payload: BaseModel) -> str:
     canonical = json.dumps(payload.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def split_budget(raw: bytes) -> tuple[bytes, Budget | None]:
+    """A run's raw input without its `"budget"` (the engine's, not the agent's), and that budget
+    validated; a 400 naming what is wrong with it."""
+    try:
+        body = json.loads(raw or b"")
+    except ValueError:
+        return raw, None  # not JSON: the agent's own validation says so
+    if not isinstance(body, dict) or "budget" not in body:
+        return raw, None
+    asked = body.pop("budget")
+    try:
+        budget = Budget.model_validate(asked)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"budget.{'.'.join(str(p) for p in err['loc']) or ''}: {err['msg']}" for err in exc.errors()
+        )
+        raise TerminalError(f"invalid input: {problems}", status_code=400) from None
+    return json.dumps(body).encode(), budget
 
 
 def parse_input(raw: bytes, model: type[InputT]) -> InputT:
@@ -603,6 +688,7 @@ def view_of(record: TaskRecord[Any], machine: Machine) -> TaskView:
         error=record.error,
         data=record.data.model_dump(mode="json"),
         spend=record.spend,
+        budget=record.budget,
     )
 
 
@@ -615,8 +701,18 @@ class AgentEngine(Generic[D]):
         data_type: type[D],
         steps: Mapping[str, StepFn[D]],
         approvals: Mapping[str, ApprovalFn[D]] | None = None,
+        budget: Budget | None = None,
     ) -> None:
         approvals = dict(approvals or {})
+        budget = budget or Budget()
+        if machine.has_budget_gate:
+            # The budget gate asks the same way for every agent: what was spent, what is asked.
+            approvals.setdefault(BUDGET_STATE, budget_request)
+        elif budget != Budget():
+            raise ValueError(
+                f"{machine.name}: a budget needs the BUDGET gate to stop at "
+                "(Machine.declare(budget_gate=True))"
+            )
         working = machine.states - machine.terminal - set(machine.gates)
         missing = working - set(steps)
         if missing:
@@ -632,6 +728,7 @@ class AgentEngine(Generic[D]):
         self.data_type = data_type
         self.steps = dict(steps)
         self.approvals = approvals
+        self.budget = budget
         self.record_type: type[TaskRecord[D]] = TaskRecord[data_type]  # type: ignore[valid-type]
 
     async def load(self, ctx: ObjectContext | ObjectSharedContext) -> TaskRecord[D] | TaskSummary | None:
@@ -645,16 +742,23 @@ class AgentEngine(Generic[D]):
             return TaskSummary.model_validate(value)
         return self.record_type.model_validate(value)
 
-    async def start_or_resume(self, ctx: ObjectContext, payload: BaseModel, initial_data: D) -> TaskView:
+    async def start_or_resume(
+        self, ctx: ObjectContext, payload: BaseModel, initial_data: D, asked_budget: Budget | None = None
+    ) -> TaskView:
         """Create the task on first call, then drive it to a terminal state.
 
         A second `run` with the same input resumes (or just reports) the task; with different input
-        it is refused, so a task id always names one piece of work.
+        it is refused, so a task id always names one piece of work. `asked_budget` is the budget
+        the input asks for (it may only lower the agent's), part of the input.
         """
         # Logged on every attempt (a replay starts from the top), so operators and the always-replay
         # tests can see how often Restate resumed the handler.
         log.info("%s/%s run: attempt started", self.machine.name, ctx.key())
-        digest = input_hash(payload)
+        digest = (
+            input_hash(payload)
+            if asked_budget is None
+            else input_hash(_WithBudget(input=payload, budget=asked_budget))
+        )
         record = await self.load(ctx)
         if isinstance(record, TaskSummary):
             # Archived: the same input reports how it ended; other input is another task.
@@ -681,10 +785,12 @@ class AgentEngine(Generic[D]):
                 data=initial_data,
                 key_salt=seed.key_salt,
                 gate_policy=seed.gate_policy,
+                budget=self.budget.lowered_by(asked_budget),
             )
-            record = self._seal(
-                record, "created", None, now, {"input": payload.model_dump(mode="json"), "model": model_name}
-            )
+            created: dict[str, Any] = {"input": payload.model_dump(mode="json"), "model": model_name}
+            if record.budget != Budget():
+                created["budget"] = record.budget.model_dump(mode="json")
+            record = self._seal(record, "created", None, now, created)
             crash_if_planned(record.agent, record.task_id, record.event_seq)
             ctx.set(TASK_KEY, record)
         elif record.input_hash != digest:
@@ -724,6 +830,12 @@ class AgentEngine(Generic[D]):
             if self.machine.is_gate(step.state):
                 return await self._run_gate(ctx, record, step, armed)
             return await self.steps[step.state](step), record
+        except BudgetExceeded as over:
+            # The next call would go over the budget: it never starts; a human decides at the gate.
+            stop = BudgetStop(state=step.state, limit=over.limit, reason=over.reason)
+            return Next(target=BUDGET_STATE, note=f"budget: {over.reason}"), record.model_copy(
+                update={"budget_stop": stop}
+            )
         except TerminalError as exc:
             # A permanent failure of this step (exhausted retries, a refused tool call, a model error).
             # Only TerminalError is caught: Restate's suspension signals are BaseExceptions and pass.
@@ -768,6 +880,8 @@ class AgentEngine(Generic[D]):
         assert current.pending_approval is not None
         outcome, approval = await await_gate(step, current.pending_approval, armed, persist, intruded)
         current = current.model_copy(update={"approvals": [*current.approvals, approval]})
+        if step.state == BUDGET_STATE:
+            return self._budget_outcome(current, outcome, approval)
         target = self.machine.gates[step.state].outcomes()[outcome]
         if outcome == "approve":
             return Next(target=target, note=f"approved by {approval.approver}"), current
@@ -779,6 +893,29 @@ class AgentEngine(Generic[D]):
             state=step.state, code="approval_timed_out", message="no decision before the deadline"
         )
         return Next(target=target, note="approval timed out", error=error), current
+
+    def _budget_outcome(
+        self, record: TaskRecord[D], outcome: Outcome, approval: ApprovalRecord
+    ) -> tuple[Next, TaskRecord[D]]:
+        """Leave the budget gate: extended, back to the state it stopped; else FAILED."""
+        stop = record.budget_stop
+        assert stop is not None and self.machine.failure is not None
+        if outcome == "approve":
+            elapsed = max(0.0, approval.decided_at - record.history[0].at)
+            extended = record.budget.extended(stop.limit, record.spend, elapsed)
+            note = (
+                f"budget extended by {approval.approver}: {stop.limit} to {_limit_of(extended, stop.limit)}"
+            )
+            return Next(target=stop.state, note=note), record.model_copy(
+                update={"budget": extended, "budget_stop": None}
+            )
+        if outcome == "reject":
+            why = f"stopped by {approval.approver} at its budget: {stop.reason}"
+            code = "budget_stopped"
+        else:
+            why, code = f"no decision on its budget before the deadline: {stop.reason}", "budget_timed_out"
+        error = TaskError(state=stop.state, code=code, message=why)
+        return Next(target=self.machine.failure, note=why, error=error), record
 
     async def _apply(
         self,
@@ -839,6 +976,11 @@ class AgentEngine(Generic[D]):
                 # How long the gate waited for its outcome (the metrics' gate wait), from journaled times.
                 waited = updated.approvals[-1].decided_at - record.pending_approval.requested_at
                 payload["gate_wait_seconds"] = round(max(0.0, waited), 3)
+        if target == BUDGET_STATE and updated.budget_stop is not None:
+            payload["budget_stop"] = updated.budget_stop.model_dump(mode="json")
+        if record.state == BUDGET_STATE and target != self.machine.failure:
+            # Extended at the budget gate: the new limits go on the record of the decision.
+            payload["budget"] = updated.budget.model_dump(mode="json")
         if step.usage:
             # What the step's model calls used: per call, as journaled (tokens, cost, model).
             payload["usage"] = [usage.model_dump(mode="json") for usage in step.usage]
@@ -883,6 +1025,7 @@ class AgentEngine(Generic[D]):
                 "state": gate,
                 "data": step.data,
                 "history": [*record.history, Transition(from_state=record.state, to_state=gate, at=0.0)],
+                "spend": step.spent(),
             }
         )
         at_gate = StepContext(ctx, entering, view=functools.partial(view_of, record, self.machine))

@@ -9,6 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+# The budget gate's state (app/runtime/budget.py), declared by `Machine.declare(budget_gate=True)`.
+BUDGET = "BUDGET"
+
 
 class MachineDeclarationError(ValueError):
     """The declaration itself is inconsistent (caught when the machine is built, at import time)."""
@@ -107,12 +110,28 @@ class Machine:
         failure: str | None = None,
         descriptions: Mapping[str, str] | None = None,
         gates: Mapping[str, Gate] | None = None,
+        budget_gate: bool = False,
     ) -> Machine:
-        """Build a machine from plain lists; terminal states need not be listed as sources."""
+        """Build a machine from plain lists; terminal states need not be listed as sources.
+
+        `budget_gate` adds the `BUDGET` gate (app/runtime/budget.py): every working state may go
+        there, and from there back to any working state (a human extended the budget: the task
+        resumes where it was stopped) or to `failure` (stopped, or no decision in time)."""
         terminal_set = frozenset(terminal)
         table = {source: frozenset(targets) for source, targets in transitions.items()}
         for state in terminal_set:
             table.setdefault(state, frozenset())
+        gate_table = dict(gates or {})
+        if budget_gate:
+            if failure is None:
+                raise MachineDeclarationError(f"{name}: a budget gate needs a failure state to stop in")
+            working = {state for state in table if state not in terminal_set and state not in gate_table}
+            for state in working:
+                table[state] = table[state] | {BUDGET}
+            table[BUDGET] = frozenset(working | {failure})
+            # Its "approve" resumes the stopped state (the engine's to decide); declared as data
+            # here, as every gate's outcomes are, with stop and timeout leading to failure.
+            gate_table[BUDGET] = Gate(approve=failure, reject=failure, timeout=failure)
         return cls(
             name=name,
             initial=initial,
@@ -120,7 +139,7 @@ class Machine:
             terminal=terminal_set,
             failure=failure,
             descriptions=dict(descriptions or {}),
-            gates=dict(gates or {}),
+            gates=gate_table,
         )
 
     @property
@@ -137,6 +156,10 @@ class Machine:
 
     def is_gate(self, state: str) -> bool:
         return state in self.gates
+
+    @property
+    def has_budget_gate(self) -> bool:
+        return BUDGET in self.gates
 
     def can_fail(self, state: str) -> bool:
         return self.failure is not None and self.failure in self.transitions.get(state, frozenset())
@@ -156,10 +179,14 @@ class Machine:
         order = [self.initial]
         index = 0
         while index < len(order):
-            for target in sorted(self.transitions[order[index]], key=self._terminal_last):
+            for target in sorted(self.transitions[order[index]] - {BUDGET}, key=self._terminal_last):
                 if target not in order:
                     order.append(target)
             index += 1
+        if BUDGET in self.transitions:
+            # Reached from everywhere: shown after the task's own flow, before its ends.
+            ends = [state for state in order if state in self.terminal]
+            order = [state for state in order if state not in self.terminal] + [BUDGET] + ends
         return order
 
     def _terminal_last(self, state: str) -> tuple[bool, str]:
@@ -178,8 +205,13 @@ def to_mermaid(machine: Machine) -> str:
     """A Mermaid `stateDiagram-v2` generated from the declaration (never drawn by hand)."""
     lines = ["stateDiagram-v2", f"    [*] --> {machine.initial}"]
     for source in machine.ordered_states():
+        if source == BUDGET:
+            # Entered from every working state and back to the one it stopped: one line and a
+            # note say it, where two arrows per state would bury the task's own flow.
+            lines.append(f"    {BUDGET} --> {machine.failure} : stop / timeout")
+            continue
         gate = machine.gates.get(source)
-        for target in sorted(machine.transitions[source], key=machine._terminal_last):
+        for target in sorted(machine.transitions[source] - {BUDGET}, key=machine._terminal_last):
             labels = [name for name, goes_to in gate.outcomes().items() if goes_to == target] if gate else []
             label = f" : {' / '.join(labels)}" if labels else ""
             lines.append(f"    {source} --> {target}{label}")
@@ -189,6 +221,13 @@ def to_mermaid(machine: Machine) -> str:
         # A `;` ends a Mermaid statement: the rest of the line would be a syntax error.
         lines.append(f"    {state} : {state} ({text.replace(';', ',')})")
     for state in sorted(machine.gates):
+        if state == BUDGET:
+            # No `:` or `;` in a note's text: Mermaid takes either for the end of the note.
+            lines.append(
+                f"    note right of {BUDGET} : budget gate (from any working state whose next step would "
+                "exceed the task's budget, extend resumes it)"
+            )
+            continue
         lines.append(f"    note right of {state} : approval gate (human decision or timeout)")
     return "\n".join(lines) + "\n"
 

@@ -217,13 +217,13 @@ def test_status_json_shows_complete_with_the_approval(stack: Stack, approved: Ap
     assert human.stdout.startswith(f"AgentTask/{approved.task_id}: COMPLETE (terminal)")
     assert "approval at WAIT_APPROVAL: approve by ops-lead (ok)" in human.stdout
     assert "result: " in human.stdout
-    # What it used: the offline model's 3 calls, estimated and free; its 4 tool calls.
+    # What it used: the offline model's 3 calls, estimated and free; its 2 tool calls.
     spend = view["spend"]
-    assert (spend["llm_calls"], spend["cost_usd"], spend["tool_calls"]) == (3, "0", 4)
+    assert (spend["llm_calls"], spend["cost_usd"], spend["tool_calls"]) == (3, "0", 2)
     assert spend["input_tokens"] > 0 and spend["output_tokens"] > 0
     assert (
         f"spent: 3 model call(s), {spend['input_tokens']:,} in + {spend['output_tokens']:,} out tokens "
-        "(estimated), $0; 4 tool call(s)"
+        "(estimated), $0; 2 tool call(s)"
     ) in human.stdout
 
 

@@ -76,7 +76,7 @@ def test_the_metrics_move_as_a_task_runs(stack: Stack) -> None:
         grew("agent_llm_tokens_total", agent="AgentTask", direction="input") >= view["spend"]["input_tokens"]
     )
     assert grew("agent_step_seconds_count", agent="AgentTask", kind="llm", outcome="ok") >= 3
-    assert grew("agent_step_seconds_count", agent="AgentTask", kind="tool", outcome="ok") >= 4
+    assert grew("agent_step_seconds_count", agent="AgentTask", kind="tool", outcome="ok") >= 4  # gate's too
     assert grew("agent_gate_wait_seconds_count", agent="AgentTask", outcome="approve") >= 1
     assert value(after, "agent_tasks", agent="AgentTask", state="COMPLETE", status="complete") >= 1
     assert value(after, "agent_restate_reachable") == 1

@@ -38,7 +38,16 @@ RELIABILITY = {
 
 FULL = os.environ.get("RELIABILITY_FULL") == "1"
 # Values that are times (they differ between any two runs), dropped before comparing.
-TIME_KEYS = {"at", "decided_at", "requested_at", "deadline", "reminder_at", "created_at", "submitted_at"}
+TIME_KEYS = {
+    "at",
+    "decided_at",
+    "requested_at",
+    "deadline",
+    "reminder_at",
+    "created_at",
+    "submitted_at",
+    "gate_wait_seconds",
+}
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,9 @@ WAIT_APPROVAL gate until a human approves exactly that plan; a read-only plan go
 
 from __future__ import annotations
 
-from app.agent import Agent, Gate, Machine
+from decimal import Decimal
+
+from app.agent import Agent, Budget, Gate, Machine
 from app.agents.agent_task import steps
 from app.agents.agent_task.llm import ANALYZE, PLAN, VERIFY
 from app.agents.agent_task.models import AgentTaskData, RunAgentTask
@@ -28,6 +30,7 @@ MACHINE = Machine.declare(
     terminal=["COMPLETE", "FAILED"],
     failure="FAILED",
     gates={"WAIT_APPROVAL": Gate(approve="EXECUTE", reject="FAILED", timeout="FAILED")},
+    budget_gate=True,
     descriptions={
         "FETCH_CONTEXT": "tool: user history",
         "ANALYZE": "LLM",
@@ -53,5 +56,7 @@ AGENT = Agent(
     },
     approvals={"WAIT_APPROVAL": steps.approval_of_plan},
     tools=frozenset({"lookup_user_history", "create_ticket", "send_notification", "add_user_note"}),
+    # Every task's limits (its input may lower them): at a limit it waits at BUDGET for a human.
+    budget=Budget(max_tokens=200_000, max_cost_usd=Decimal("2.00"), max_tool_calls=25),
     llm_tasks=(ANALYZE, PLAN, VERIFY),
 )

@@ -14,7 +14,9 @@ ledger posting, COMPLETE. Declared outcomes:
 
 from __future__ import annotations
 
-from app.agent import Agent, Gate, Machine
+from decimal import Decimal
+
+from app.agent import Agent, Budget, Gate, Machine
 from app.agents.expense_report import steps
 from app.agents.expense_report.llm import CLASSIFY
 from app.agents.expense_report.models import ExpenseData, RunExpenseReport
@@ -33,6 +35,7 @@ MACHINE = Machine.declare(
     terminal=["COMPLETE", "FAILED"],
     failure="FAILED",
     gates={"WAIT_APPROVAL": Gate(approve="RECORD", reject="FAILED", timeout="FAILED")},
+    budget_gate=True,
     descriptions={
         "FETCH": "tool: expense record",
         "VERIFY": "tool: OCR vs claim",
@@ -58,5 +61,7 @@ AGENT = Agent(
     },
     approvals={"WAIT_APPROVAL": steps.approval_of_expense},
     tools=frozenset({"get_expense", "ocr_receipt", "route_expense", "record_expense"}),
+    # Every report's limits (its input may lower them): at a limit it waits at BUDGET for a human.
+    budget=Budget(max_tokens=50_000, max_cost_usd=Decimal("0.50"), max_tool_calls=12),
     llm_tasks=(CLASSIFY,),
 )
