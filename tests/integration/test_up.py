@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,7 +113,7 @@ def test_a_shell_that_sources_the_env_file_finds_the_tools_and_the_stack(up: Up,
     done = shell(
         up.up_dir,
         "agentctl pending --approver travel-manager --json\n"
-        "restate invocations list --all >/dev/null\n"
+        "restate deployments list >/dev/null\n"
         "echo ok",
         cwd=tmp_path,  # anywhere: not the checkout
     )
@@ -139,15 +140,17 @@ def test_every_readme_example_is_run_or_says_why_not() -> None:
     assert all(why for _, why, _ in blocks if why is not None)
 
 
-@pytest.mark.parametrize(
-    "code",
-    [code for _, why, code in readme_blocks() if why is None],
-    ids=lambda code: code.splitlines()[0][:50],
-)
-def test_a_readme_example_runs_as_written(up: Up, code: str) -> None:
-    done = shell(up.up_dir, code, cwd=ROOT)
-    assert done.returncode == 0, f"--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}"
-    assert "Traceback" not in done.stderr
+def test_every_readme_example_runs_as_written(up: Up) -> None:
+    """Side by side (each is independent: its own task ids), each in a shell of its own."""
+    examples = [code for _, why, code in readme_blocks() if why is None]
+    with ThreadPoolExecutor(max_workers=len(examples)) as pool:
+        done = list(pool.map(lambda code: shell(up.up_dir, code, cwd=ROOT), examples))
+    failed = [
+        f"--- example: {code.splitlines()[0]}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+        for code, result in zip(examples, done, strict=True)
+        if result.returncode != 0 or "Traceback" in result.stderr
+    ]
+    assert not failed, "\n".join(failed)
 
 
 def test_down_stops_exactly_what_up_started(up: Up) -> None:
