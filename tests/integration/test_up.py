@@ -112,9 +112,7 @@ def test_up_leaves_the_stack_running_with_tasks_waiting(up: Up) -> None:
 def test_a_shell_that_sources_the_env_file_finds_the_tools_and_the_stack(up: Up, tmp_path: Path) -> None:
     done = shell(
         up.up_dir,
-        "agentctl pending --approver travel-manager --json\n"
-        "restate deployments list >/dev/null\n"
-        "echo ok",
+        "agentctl pending --approver travel-manager --json\nrestate deployments list >/dev/null\necho ok",
         cwd=tmp_path,  # anywhere: not the checkout
     )
     assert done.returncode == 0, done.stdout + done.stderr
