@@ -15,27 +15,18 @@ and same-origin `fetch`, so an injected `<script>` or `onerror=` in a summary ca
 
 from __future__ import annotations
 
-import base64
-import hashlib
 from functools import cache
-from types import MappingProxyType
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
+from app.console.page import PAGE_HEADERS, csp_hash, page_html
+
 #: How often the page reloads the list while it is visible, in milliseconds.
 AUTO_REFRESH_MS = 10_000
 
-#: Headers to send with the page. `frame-ancestors` only works as a header, not in the `<meta>` CSP.
-INBOX_PAGE_HEADERS = MappingProxyType(
-    {
-        "Cache-Control": "no-store",
-        "Content-Security-Policy": "frame-ancestors 'none'",
-        "Referrer-Policy": "no-referrer",
-        "X-Content-Type-Options": "nosniff",
-        "X-Frame-Options": "DENY",
-    }
-)
+#: Headers to send with the page (the humans' pages share them).
+INBOX_PAGE_HEADERS = PAGE_HEADERS
 
 _STYLE = """
 :root {
@@ -526,36 +517,20 @@ _BODY = """
 """
 
 
-def _csp_hash(source: str) -> str:
-    digest = hashlib.sha256(source.encode("utf-8")).digest()
-    return "'sha256-" + base64.b64encode(digest).decode("ascii") + "'"
-
-
 @cache
 def inbox_page_html() -> str:
     """The whole inbox page; it embeds no data, so it is the same for everyone."""
     script = _SCRIPT.replace("__REFRESH_MS__", str(AUTO_REFRESH_MS))
-    csp = "; ".join(
-        [
-            "default-src 'none'",
-            f"script-src {_csp_hash(script)}",
-            f"style-src {_csp_hash(_STYLE)}",
-            "connect-src 'self'",
-            "img-src data:",
-            "base-uri 'none'",
-            "form-action 'none'",
-        ]
-    )
-    return (
-        "<!doctype html>\n"
-        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f'<meta http-equiv="Content-Security-Policy" content="{csp}">\n'
-        '<meta name="referrer" content="no-referrer">\n'
-        '<link rel="icon" href="data:,">\n'
-        "<title>Approvals inbox</title>\n"
-        f"<style>{_STYLE}</style>\n</head>\n<body>{_BODY}<script>{script}</script>\n</body>\n</html>\n"
-    )
+    csp = [
+        "default-src 'none'",
+        f"script-src {csp_hash(script)}",
+        f"style-src {csp_hash(_STYLE)}",
+        "connect-src 'self'",
+        "img-src data:",
+        "base-uri 'none'",
+        "form-action 'none'",
+    ]
+    return page_html("Approvals inbox", csp, _STYLE, _BODY, script)
 
 
 async def inbox_page(request: Request) -> HTMLResponse:

@@ -40,7 +40,7 @@ from app.cli.common import (
 from app.cli.decisions import cmd_approvers, cmd_decide
 from app.cli.deployments import cmd_deployments
 from app.cli.journal import cmd_journal
-from app.cli.listing import cmd_failed, cmd_list, cmd_pending
+from app.cli.listing import cmd_list, cmd_pending
 from app.cli.operations import cmd_cancel, cmd_resume
 from app.cli.tasks import cmd_diagram, cmd_start, cmd_status, cmd_watch
 from app.console.query import MAX_PAGE, STATUSES
@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         [EXIT_OK, EXIT_USAGE, EXIT_UNREACHABLE],
     )
     listing(tasks, states=True)
-    tasks.set_defaults(handler=cmd_list)
+    tasks.set_defaults(handler=cmd_list, status=None)
 
     failed = command(
         "failed",
@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
         [EXIT_OK, EXIT_USAGE, EXIT_UNREACHABLE],
     )
     listing(failed, states=False)
-    failed.set_defaults(handler=cmd_failed)
+    failed.set_defaults(handler=cmd_list, status="failed")
 
     pending = command(
         "pending",

@@ -87,16 +87,8 @@ def _detail(row: TaskRow) -> str:
 
 
 def cmd_list(config: Config, args: argparse.Namespace) -> int:
-    page = _page(config, _query(args, args.state))
-    if config.json:
-        config.emit(page.model_dump(mode="json"))
-    else:
-        _print_rows(config, page)
-    return EXIT_OK
-
-
-def cmd_failed(config: Config, args: argparse.Namespace) -> int:
-    page = _page(config, _query(args, "failed"))
+    """`list`, and `failed` (a list of one status)."""
+    page = _page(config, _query(args, getattr(args, "state", None) or args.status))
     if config.json:
         config.emit(page.model_dump(mode="json"))
     else:

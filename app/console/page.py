@@ -23,8 +23,9 @@ from types import MappingProxyType
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
-#: Headers to send with the page. `frame-ancestors` only works as a header, not in the `<meta>` CSP.
-CONSOLE_PAGE_HEADERS = MappingProxyType(
+#: Headers to send with the humans' pages (this one and the inbox). `frame-ancestors` only works
+#: as a header, not in the `<meta>` CSP.
+PAGE_HEADERS = MappingProxyType(
     {
         "Cache-Control": "no-store",
         "Content-Security-Policy": "frame-ancestors 'none'",
@@ -669,39 +670,43 @@ _BODY = """
 """
 
 
-def _csp_hash(source: str) -> str:
+def csp_hash(source: str) -> str:
+    """A CSP source expression allowing exactly this inline script or style."""
     digest = hashlib.sha256(source.encode("utf-8")).digest()
     return "'sha256-" + base64.b64encode(digest).decode("ascii") + "'"
+
+
+def page_html(title: str, csp: list[str], style: str, body: str, script: str) -> str:
+    """A self-contained page: its CSP in a `<meta>`, its style and script inline (allowed by hash)."""
+    return (
+        "<!doctype html>\n"
+        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f'<meta http-equiv="Content-Security-Policy" content="{"; ".join(csp)}">\n'
+        '<meta name="referrer" content="no-referrer">\n'
+        '<link rel="icon" href="data:,">\n'
+        f"<title>{title}</title>\n"
+        f"<style>{style}</style>\n</head>\n<body>{body}<script>{script}</script>\n</body>\n</html>\n"
+    )
 
 
 @cache
 def console_page_html() -> str:
     """The whole console page; it embeds no data, so it is the same for everyone."""
-    csp = "; ".join(
-        [
-            "default-src 'none'",
-            f"script-src 'self' {_csp_hash(_SCRIPT)}",
-            # Mermaid styles the SVG it draws inline; no data is ever inserted as markup.
-            "style-src 'self' 'unsafe-inline'",
-            "connect-src 'self'",
-            "img-src 'self' blob: data:",
-            "font-src 'self' data:",
-            "base-uri 'none'",
-            "form-action 'none'",
-        ]
-    )
-    return (
-        "<!doctype html>\n"
-        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f'<meta http-equiv="Content-Security-Policy" content="{csp}">\n'
-        '<meta name="referrer" content="no-referrer">\n'
-        '<link rel="icon" href="data:,">\n'
-        "<title>Agent console</title>\n"
-        f"<style>{_STYLE}</style>\n</head>\n<body>{_BODY}<script>{_SCRIPT}</script>\n</body>\n</html>\n"
-    )
+    csp = [
+        "default-src 'none'",
+        f"script-src 'self' {csp_hash(_SCRIPT)}",
+        # Mermaid styles the SVG it draws inline; no data is ever inserted as markup.
+        "style-src 'self' 'unsafe-inline'",
+        "connect-src 'self'",
+        "img-src 'self' blob: data:",
+        "font-src 'self' data:",
+        "base-uri 'none'",
+        "form-action 'none'",
+    ]
+    return page_html("Agent console", csp, _STYLE, _BODY, _SCRIPT)
 
 
 async def console_page(_: Request) -> HTMLResponse:
     """`GET /console` (no auth: the page holds no data)."""
-    return HTMLResponse(console_page_html(), headers=dict(CONSOLE_PAGE_HEADERS))
+    return HTMLResponse(console_page_html(), headers=dict(PAGE_HEADERS))
