@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 from pydantic import (
@@ -248,8 +248,9 @@ class Settings(BaseSettings):
     def restate_identity_public_keys(self) -> list[str]:
         return [key for key in self.restate_identity_public_keys_csv.split(",") if key]
 
-    @property
+    @cached_property
     def model_prices(self) -> dict[str, ModelPrice]:
+        # Parsed once per settings object: read inside every LLM step.
         return parse_model_prices(self.model_prices_json)
 
     @property

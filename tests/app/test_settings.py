@@ -113,14 +113,8 @@ def test_the_tool_service_fails_closed_too(clean_env: pytest.MonkeyPatch) -> Non
         )
 
 
-@pytest.mark.parametrize("module", ["app", "tools"])
-def test_a_service_refuses_to_start_with_one_clear_line(module: str, tmp_path: Path) -> None:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in {"ENV", *APP_SECRETS, "EXPENSES_API_TOKEN", "RESTATE_IDENTITY_PUBLIC_KEYS"}
-    }
-    env.update({"APPROVAL_WEBHOOK_SECRET": "tok", "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"})
+def refusal_of(module: str, env: dict[str, str]) -> str:
+    """`python -m MODULE` refusing to start: exit 2 and one line on stderr, no traceback."""
     done = subprocess.run(
         [sys.executable, "-m", module],
         cwd=ROOT,
@@ -130,9 +124,22 @@ def test_a_service_refuses_to_start_with_one_clear_line(module: str, tmp_path: P
         timeout=60,
         check=False,
     )
-    assert done.returncode == 2
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
     [line] = done.stderr.strip().splitlines()
-    assert "refusing to start" in line and "Traceback" not in done.stderr
+    return line
+
+
+@pytest.mark.parametrize("module", ["app", "tools"])
+def test_a_service_refuses_to_start_with_one_clear_line(module: str, tmp_path: Path) -> None:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"ENV", *APP_SECRETS, "EXPENSES_API_TOKEN", "RESTATE_IDENTITY_PUBLIC_KEYS"}
+    }
+    env.update({"APPROVAL_WEBHOOK_SECRET": "tok", "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"})
+    line = refusal_of(module, env)
+    assert "refusing to start" in line
     expected = (
         ("APPROVAL_WEBHOOK_SECRET is shorter", "OPERATOR_TOKEN is not set", "RESTATE_IDENTITY_PUBLIC_KEYS")
         if module == "app"
@@ -166,17 +173,7 @@ def test_a_port_in_use_is_one_line_naming_it(module: str, variable: str, names: 
                 variable: str(port),
             }
         )
-        done = subprocess.run(
-            [sys.executable, "-m", module],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-    assert done.returncode == 2, done.stderr
-    [line] = done.stderr.strip().splitlines()
+        line = refusal_of(module, env)
     assert line.endswith(
         f"refusing to start: cannot listen on 127.0.0.1:{port} ({names}): address already in use"
     )
