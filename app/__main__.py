@@ -6,15 +6,18 @@ import argparse
 import asyncio
 import logging
 import sys
+from typing import TYPE_CHECKING, Any
 
 from app.runtime.machine import to_mermaid
+
+if TYPE_CHECKING:
+    from app.settings import Settings
 
 
 def _serve() -> None:
     from app.approvals.api import create_approvals_app
     from app.llm import current_model
-    from app.runtime.serving import hypercorn_config, serve_until_signalled, with_lifespan
-    from app.runtime.tool_client import close_clients
+    from app.runtime.serving import hypercorn_config, with_lifespan
     from app.service import create_restate_app, machines
     from app.settings import get_settings
     from common.environment import load_or_exit, refuse
@@ -48,7 +51,40 @@ def _serve() -> None:
             hypercorn_config(host, settings.approvals_port, grace, sock=approvals),
         ),
     ]
-    asyncio.run(serve_until_signalled(apps, on_shutdown=close_clients))
+    asyncio.run(_serve_and_export(settings, apps))
+
+
+async def _serve_and_export(settings: Settings, apps: list[tuple[Any, Any]]) -> None:
+    """Serve the apps; alongside, if a collector is configured, export the event log as spans."""
+    from app.runtime.serving import serve_until_signalled
+    from app.runtime.tool_client import close_clients
+
+    endpoint = settings.traces_endpoint
+    if endpoint is None:
+        await serve_until_signalled(apps, on_shutdown=close_clients)
+        return
+    from app.audit import trace_export
+    from app.audit.event_log import store_for
+    from app.audit.otlp import OtlpSink
+    from app.service import machines
+
+    endings = {
+        name: trace_export.Endings(frozenset(machine.terminal), machine.failure)
+        for name, machine in machines().items()
+    }
+    sink = OtlpSink(endpoint, settings.otel_service_name)
+    exporter = trace_export.TraceExporter(store_for(settings.database_url), endings, sink)
+    logging.getLogger(__name__).info("exporting task spans to %s", endpoint)
+    stop = asyncio.Event()
+    following = asyncio.ensure_future(
+        trace_export.follow(exporter, settings.trace_export_interval_seconds, stop)
+    )
+    try:
+        await serve_until_signalled(apps, on_shutdown=close_clients)
+    finally:
+        stop.set()
+        await following
+        sink.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -156,6 +156,13 @@ class Settings(BaseSettings):
     # The event log writes a snapshot of the task's view every N events (and at the end).
     event_snapshot_every: int = Field(10, alias="EVENT_SNAPSHOT_EVERY", gt=0)
     journal_retention_days: float = Field(7.0, alias="AGENT_JOURNAL_RETENTION_DAYS", gt=0)
+    # OpenTelemetry: the OTLP/HTTP collector the tasks' spans are exported to (the standard
+    # variables; neither set: no export). The base endpoint gets `/v1/traces` appended.
+    otel_exporter_otlp_endpoint: str | None = Field(None, alias="OTEL_EXPORTER_OTLP_ENDPOINT")
+    otel_exporter_otlp_traces_endpoint: str | None = Field(None, alias="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    otel_service_name: str = Field("durable-agents", alias="OTEL_SERVICE_NAME", min_length=1)
+    # How often the exporter looks at the log when nothing wakes it (a write in this process does).
+    trace_export_interval_seconds: float = Field(1.0, alias="TRACE_EXPORT_INTERVAL_SECONDS", gt=0)
 
     # Approval gates. A reminder goes out this long before the deadline (0 or >= the timeout: none),
     # to the approvers and, when set, an escalation approver who may then decide too.
@@ -185,6 +192,15 @@ class Settings(BaseSettings):
     @classmethod
     def _prices_parse(cls, value: str) -> str:
         parse_model_prices(value)
+        return value
+
+    @field_validator("otel_exporter_otlp_endpoint", "otel_exporter_otlp_traces_endpoint")
+    @classmethod
+    def _endpoint_is_http(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            return None
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"an OTLP/HTTP endpoint is an http:// or https:// URL, not {value[:60]!r}")
         return value
 
     @field_validator("restate_identity_public_keys_csv")
@@ -252,6 +268,15 @@ class Settings(BaseSettings):
     def model_prices(self) -> dict[str, ModelPrice]:
         # Parsed once per settings object: read inside every LLM step.
         return parse_model_prices(self.model_prices_json)
+
+    @property
+    def traces_endpoint(self) -> str | None:
+        """Where spans are sent (`.../v1/traces`), None when tracing is off."""
+        if self.otel_exporter_otlp_traces_endpoint:
+            return self.otel_exporter_otlp_traces_endpoint
+        if self.otel_exporter_otlp_endpoint:
+            return self.otel_exporter_otlp_endpoint.rstrip("/") + "/v1/traces"
+        return None
 
     @property
     def approvers(self) -> list[str]:

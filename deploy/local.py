@@ -168,6 +168,9 @@ class Stack:
     database_url: str
     always_replay: bool = False
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    # An OTLP/HTTP collector's base URL: the agent service exports its spans there, and Restate
+    # (told to trace) sends the trace context our spans join.
+    trace_endpoint: str | None = None
     # Its processes outlive this Python process (see ManagedProcess.detached): `make up`.
     detached: bool = False
     ingress_port: int = field(default_factory=free_port)
@@ -208,7 +211,9 @@ class Stack:
         env = {
             key: value
             for key, value in os.environ.items()
-            if not key.startswith(("RESTATE_", "ANTHROPIC_", "TOOLS_", "APP_", "DATABASE_URL", "AGENT_"))
+            if not key.startswith(
+                ("RESTATE_", "ANTHROPIC_", "TOOLS_", "APP_", "DATABASE_URL", "AGENT_", "OTEL_")
+            )
         }
         env.update(
             {
@@ -233,6 +238,10 @@ class Stack:
         )
         if self.identity_public_key is not None:
             env["RESTATE_IDENTITY_PUBLIC_KEYS"] = self.identity_public_key
+        if self.trace_endpoint is not None:
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.trace_endpoint
+            # Spans reach the collector within a poll even when no write in-process nudges.
+            env["TRACE_EXPORT_INTERVAL_SECONDS"] = "0.2"
         if self.always_replay:
             # Defer the inactivity timeout to the server, which is set to 0s below.
             env["AGENT_INACTIVITY_TIMEOUT_SECONDS"] = "0"
@@ -253,6 +262,10 @@ class Stack:
                 "RESTATE_DEFAULT_RETRY_POLICY__MAX_INTERVAL": "2s",
             }
         )
+        if self.trace_endpoint is not None:
+            # Restate exports its own spans over OTLP/gRPC, and sends its trace context with
+            # every invocation attempt; without a tracing endpoint it sends none.
+            env["RESTATE_TRACING_ENDPOINT"] = self.trace_endpoint
         if self.identity_key_file is not None:
             env[request_identity.SERVER_KEY_VARIABLE] = str(self.identity_key_file)
         if self.always_replay:

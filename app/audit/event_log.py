@@ -272,6 +272,25 @@ class EventStore:
             TaskMove(cursor=row.id, agent=row.agent, task_id=row.task_id, state=row.to_state) for row in rows
         ]
 
+    def rows_after(self, cursor: int, limit: int) -> list[tuple[int, Event]]:
+        """The events inserted after row id `cursor`, in insertion order, each with its row id:
+        what a reader that exports the log (app/audit/trace_export.py) takes next."""
+        with self.session() as session:
+            rows = session.scalars(
+                select(TaskEvent).where(TaskEvent.id > cursor).order_by(TaskEvent.id).limit(limit)
+            ).all()
+        return [(row.id, _event_of(row)) for row in rows]
+
+    def events_at(self, keys: Collection[tuple[str, str, int]]) -> dict[tuple[str, str, int], Event]:
+        """The events at these (agent, task id, seq) keys that the log still holds."""
+        if not keys:
+            return {}
+        with self.session() as session:
+            rows = session.scalars(
+                select(TaskEvent).where(tuple_(TaskEvent.agent, TaskEvent.task_id, TaskEvent.seq).in_(keys))
+            ).all()
+        return {(row.agent, row.task_id, row.seq): _event_of(row) for row in rows}
+
     def state_counts(self) -> list[tuple[str, str, int]]:
         """How many tasks are in each state, by agent, as of each task's last logged event."""
         last = (

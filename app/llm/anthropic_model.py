@@ -250,6 +250,8 @@ class AnthropicModel:
             output=self._parse(response, tool_name, output),
             input_tokens=response.usage.input_tokens,
             output_tokens=response.usage.output_tokens,
+            finish_reason=response.stop_reason,
+            response_id=response.id,
         )
 
     @staticmethod

@@ -40,4 +40,6 @@ class OfflineModel:
             input_tokens=max(1, sent // CHARS_PER_TOKEN),
             output_tokens=max(1, len(output.model_dump_json()) // CHARS_PER_TOKEN),
             estimated=True,
+            # It answers as a forced tool call would: with the tool's input.
+            finish_reason="tool_use",
         )

@@ -74,6 +74,9 @@ class Answer(Generic[OutT]):
     input_tokens: int
     output_tokens: int
     estimated: bool = False
+    # Why the model stopped, and the provider's id of the response (None where there is none).
+    finish_reason: str | None = None
+    response_id: str | None = None
 
 
 class Usage(BaseModel):
@@ -88,6 +91,9 @@ class Usage(BaseModel):
     cost_usd: Decimal | None = None
     # The offline model's estimate (about 4 characters a token), not a provider's count.
     estimated: bool = False
+    # Why the model stopped ("tool_use", ...) and the provider's response id, for the call's span.
+    finish_reason: str | None = None
+    response_id: str | None = None
 
 
 T = TypeVar("T")

@@ -26,4 +26,6 @@ def usage_of(model: str, answer: Answer[Any], prices: Mapping[str, ModelPrice]) 
         output_tokens=answer.output_tokens,
         cost_usd=cost,
         estimated=answer.estimated,
+        finish_reason=answer.finish_reason,
+        response_id=answer.response_id,
     )

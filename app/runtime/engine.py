@@ -33,8 +33,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from restate import ObjectContext, ObjectSharedContext, RunOptions, TerminalError
 from restate.serde import BytesSerde
 
-from app.audit import metrics
+from app.audit import metrics, trace_export
 from app.audit.event_log import GENESIS, Event, EventDraft, new_event, store_for
+from app.audit.traces import CallTrace, TraceParent, attempt_span_of
 from app.gates.models import (
     ApprovalRecord,
     ApprovalRequest,
@@ -127,6 +128,8 @@ class Mark(BaseModel):
     at: float
     logged: int = 0
     usage: Usage | None = None
+    # For an LLM or tool call, when and in which Restate attempt it ran (the source of its span).
+    call: CallTrace | None = None
 
 
 class Stamped(Mark, Generic[T]):
@@ -355,12 +358,16 @@ class TaskSeed(BaseModel):
     stall_policy: StallPolicy = Field(default_factory=StallPolicy)
     # The settings' approval gate policy (None in seeds journaled before tasks were seeded with it).
     gate_policy: GatePolicy | None = None
+    # The trace the task's spans join: Restate's invocation trace if it sent one, else a new one
+    # (None in seeds journaled before tasks were traced).
+    trace: TraceParent | None = None
 
 
-def new_task_seed() -> TaskSeed:
+def new_task_seed(trace: TraceParent | None = None) -> TaskSeed:
     """Runs only inside `ctx.run_typed`: journaled, so every replay sees the same seed."""
     settings = get_settings()
     return TaskSeed(
+        trace=trace or TraceParent(trace_id=secrets.token_hex(16)),
         at=time.time(),
         key_salt=secrets.token_hex(12),
         model=current_model().name,
@@ -421,6 +428,8 @@ class StepContext(Generic[D]):
         # on top of what the task had spent before it; and the limits they are checked against.
         self.usage: list[Usage] = []
         self.tool_calls_made = 0
+        # Each model and tool call as it executed (journaled records), for the transition's spans.
+        self.calls: list[CallTrace] = []
         self.spent_before = record.spend
         self.budget = record.budget
         self.budget_stop = record.budget_stop
@@ -448,6 +457,8 @@ class StepContext(Generic[D]):
         self.logged = max(self.logged, mark.logged)
         if mark.usage is not None:
             self.usage.append(mark.usage)
+        if mark.call is not None:
+            self.calls.append(mark.call)
 
     def idempotency_key(self, index: int) -> str:
         """Derived from agent, task, its salt, state, visit and call index: stable across retries
@@ -488,6 +499,7 @@ class StepContext(Generic[D]):
             tool_client.call_tool,
             TOOL_RUN_OPTIONS,
             ToolResult,
+            traced="tool",
             agent=self.agent,
             name=name,
             args=dict(args),
@@ -501,9 +513,13 @@ class StepContext(Generic[D]):
         result_type: type[T],
         *args: Any,
         options: RunOptions[Any] = LLM_RUN_OPTIONS,
+        traced: Literal["llm"] | None = None,
     ) -> T:
-        """Run one journaled step (an LLM call, a read) whose result is one of our pydantic types."""
-        return await self._journaled(f"{self.state} {label}", action, options, result_type, *args)
+        """Run one journaled step (an LLM call, a read) whose result is one of our pydantic types;
+        `traced="llm"` records it as a model call (its span)."""
+        return await self._journaled(
+            f"{self.state} {label}", action, options, result_type, *args, traced=traced
+        )
 
     async def _journaled(
         self,
@@ -512,22 +528,27 @@ class StepContext(Generic[D]):
         options: RunOptions[Any],
         result_type: type[T],
         *args: Any,
+        traced: Literal["llm", "tool"] | None = None,
         **kwargs: Any,
     ) -> T:
         """One journaled step that waits out outages of its dependency (stalls) instead of failing.
 
         On its way it writes the task's pending events to the log, and its journaled result carries
-        when it ended: the transition after it needs no journal entry for either.
+        when it ended: the transition after it needs no journal entry for either. A `traced` call
+        also carries its `CallTrace`, made where it executes (never on a replay).
         """
         attempt = one_line_attempts(f"{self.agent}/{self.task_id} {label}", action)
         pending = self.pending_events()
         snapshot = self.snapshot_for(pending)
         stamped_type = Stamped[result_type]  # type: ignore[valid-type]
+        # Read in this attempt's handler code; the closure runs (if at all) in this same attempt.
+        attempt_span = attempt_span_of(self.ctx.request().attempt_headers) if traced else None
 
         async def stamped(*call_args: Any, **call_kwargs: Any) -> Stamped[T]:
             # The write goes alongside the call, not before it: the events are durable in Restate
             # already, and a step never waits for the log's commit.
             written = asyncio.ensure_future(write_events_quietly(pending, snapshot))
+            started = time.time()
             try:
                 # Timed here, inside the journaled closure: only a real execution, never a replay.
                 with metrics.timed_attempt(self.agent, label):
@@ -539,7 +560,21 @@ class StepContext(Generic[D]):
                 # An LLM step: its value is journaled as the step's result, its usage beside it.
                 usage = value.usage.model_copy(update={"step": label})
                 value = value.value
-            return stamped_type(value=value, at=time.time(), logged=logged, usage=usage)
+            ended = time.time()
+            call = None
+            if traced is not None:
+                tool = value if isinstance(value, ToolResult) else None
+                call = CallTrace(
+                    kind=traced,
+                    step=label,
+                    started=started,
+                    ended=ended,
+                    attempt_span=attempt_span,
+                    tool=tool.tool if tool else None,
+                    idempotency_key=tool.idempotency_key if tool else None,
+                    replayed=tool.replayed if tool else None,
+                )
+            return stamped_type(value=value, at=ended, logged=logged, usage=usage, call=call)
 
         stamped_options = _with_type(options, stamped_type)
         stall = Stall(
@@ -568,7 +603,9 @@ class StepContext(Generic[D]):
         prompt; a replay returns the journaled output without calling the model."""
         self.within_budget("llm")
         action: Callable[..., Coroutine[Any, Any, OutT]] = structured_by  # type: ignore[assignment]
-        return await self.run(f"llm {task.name}", action, task.output_type, self.model, task, request)
+        return await self.run(
+            f"llm {task.name}", action, task.output_type, self.model, task, request, traced="llm"
+        )
 
 
 StepFn = Callable[[StepContext[D]], Awaitable[Next]]
@@ -771,7 +808,11 @@ class AgentEngine(Generic[D]):
         clock: float | None = None
         if record is None:
             refuse_bad_task_id(ctx.key())
-            seed = await ctx.run_typed("task seed", new_task_seed, RunOptions(type_hint=TaskSeed))
+            # Restate's trace context of this attempt (if it sends one): the task's spans join it.
+            restate_trace = TraceParent.from_headers(ctx.request().attempt_headers)
+            seed = await ctx.run_typed(
+                "task seed", new_task_seed, RunOptions(type_hint=TaskSeed), restate_trace
+            )
             now = clock = seed.at
             model_name = seed.model or current_model().name
             record = self.record_type(
@@ -790,6 +831,8 @@ class AgentEngine(Generic[D]):
             created: dict[str, Any] = {"input": payload.model_dump(mode="json"), "model": model_name}
             if record.budget != Budget():
                 created["budget"] = record.budget.model_dump(mode="json")
+            if seed.trace is not None:
+                created["trace"] = seed.trace.model_dump(mode="json")
             record = self._seal(record, "created", None, now, created)
             crash_if_planned(record.agent, record.task_id, record.event_seq)
             ctx.set(TASK_KEY, record)
@@ -981,6 +1024,9 @@ class AgentEngine(Generic[D]):
         if record.state == BUDGET_STATE and target != self.machine.failure:
             # Extended at the budget gate: the new limits go on the record of the decision.
             payload["budget"] = updated.budget.model_dump(mode="json")
+        if step.calls:
+            # When and where each call ran: the source of the task's spans (app/audit/traces.py).
+            payload["calls"] = [call.model_dump(mode="json", exclude_none=True) for call in step.calls]
         if step.usage:
             # What the step's model calls used: per call, as journaled (tokens, cost, model).
             payload["usage"] = [usage.model_dump(mode="json") for usage in step.usage]
@@ -1040,11 +1086,13 @@ class AgentEngine(Generic[D]):
                 step.ended_at = at_gate.ended_at
             step.logged = max(step.logged, at_gate.logged)
             step.tool_calls_made += at_gate.tool_calls_made
+            step.calls.extend(at_gate.calls)
             return entered
         except TerminalError as exc:
             assert self.machine.failure is not None
             step.logged, step.ended_at = max(step.logged, at_gate.logged), None
             step.tool_calls_made += at_gate.tool_calls_made
+            step.calls.extend(at_gate.calls)
             return Next(
                 target=self.machine.failure,
                 error=TaskError(state=gate, code="step_failed", message=exc.message),
@@ -1130,6 +1178,8 @@ async def write_events(pending: list[Event], snapshot: dict[str, Any] | None) ->
     inserted = await asyncio.to_thread(store.write, pending, snapshot)
     # Counted here, where each event is inserted once (a retried write inserts nothing).
     metrics.observe_logged(inserted)
+    if inserted:
+        trace_export.nudge()
     return Mark(at=time.time(), logged=pending[-1].seq if pending else 0)
 
 

@@ -33,6 +33,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
         "EXPENSES_API_TOKEN",
         "RESTATE_IDENTITY_PUBLIC_KEYS",
         "AGENT_FAULT_PLAN_FILE",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     ):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
@@ -92,6 +94,28 @@ def test_production_refuses_the_fault_switch(clean_env: pytest.MonkeyPatch) -> N
 def test_identity_keys_must_look_like_restate_public_keys(clean_env: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValidationError, match="publickeyv1_"):
         Settings(_env_file=None, ENV="development", RESTATE_IDENTITY_PUBLIC_KEYS="ssh-ed25519 AAAA")
+
+
+@pytest.mark.parametrize("variable", ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"])
+def test_an_otlp_endpoint_that_is_not_http_is_refused(clean_env: pytest.MonkeyPatch, variable: str) -> None:
+    with pytest.raises(ValidationError, match="an OTLP/HTTP endpoint is an http:// or https:// URL"):
+        clean_env.setenv(variable, "grpc://collector:4317")
+        Settings(_env_file=None, ENV="development")
+
+
+def test_traces_go_to_the_signal_endpoint_or_the_base_one_with_its_path(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    assert Settings(_env_file=None, ENV="development").traces_endpoint is None
+    base = Settings(_env_file=None, ENV="development", OTEL_EXPORTER_OTLP_ENDPOINT="http://collector:4318/")
+    assert base.traces_endpoint == "http://collector:4318/v1/traces"
+    signal = Settings(
+        _env_file=None,
+        ENV="development",
+        OTEL_EXPORTER_OTLP_ENDPOINT="http://collector:4318",
+        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT="https://traces.example/ingest",
+    )
+    assert signal.traces_endpoint == "https://traces.example/ingest"
 
 
 def test_development_uses_the_well_known_values_only_when_asked(clean_env: pytest.MonkeyPatch) -> None:

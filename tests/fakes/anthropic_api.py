@@ -527,6 +527,7 @@ def _make_handler(fake: FakeAnthropicAPI) -> type[BaseHTTPRequestHandler]:
                 status, payload, extra = fake._messages(headers, raw, record)
                 # What the answer said it used: what a task's spend must add up to.
                 record["usage"] = payload.get("usage") if status == 200 else None
+                record["response_id"] = payload.get("id") if status == 200 else None
                 self._send(status, payload, extra)
             else:
                 self._send(404, _error_body(404, message=f"Not found: {url.path}"))

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from deploy.local import Stack, running_stack
+from tests.fakes.otlp_receiver import Receiver, running_receiver
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -32,16 +33,25 @@ THROWAWAY = {"AGENT_MODULES": "tests.integration.throwaway_agent"}
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    workdir = tmp_path_factory.mktemp("stack")
-    with running_stack(workdir, sqlite_url(workdir), extra_env=THROWAWAY) as running:
+def otlp() -> Iterator[tuple[Receiver, str]]:
+    """The OTLP/HTTP receiver every session stack exports its spans to (and its URL)."""
+    with running_receiver() as running:
         yield running
 
 
 @pytest.fixture(scope="session")
-def replay_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, otlp: tuple[Receiver, str]) -> Iterator[Stack]:
+    workdir = tmp_path_factory.mktemp("stack")
+    with running_stack(workdir, sqlite_url(workdir), extra_env=THROWAWAY, trace_endpoint=otlp[1]) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def replay_stack(tmp_path_factory: pytest.TempPathFactory, otlp: tuple[Receiver, str]) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("replay-stack")
-    with running_stack(workdir, sqlite_url(workdir), always_replay=True, extra_env=THROWAWAY) as running:
+    with running_stack(
+        workdir, sqlite_url(workdir), always_replay=True, extra_env=THROWAWAY, trace_endpoint=otlp[1]
+    ) as running:
         yield running
 
 

@@ -19,8 +19,10 @@ from app.agents.agent_task.llm import ANALYZE, PLAN, VERIFY
 from app.audit.event_log import store_for
 from deploy.local import Stack, running_stack, wait_until
 from tests.fakes.anthropic_api import FakeAnthropicAPI
+from tests.fakes.otlp_receiver import Receiver, running_receiver
 from tests.integration.conftest import sqlite_url
 from tests.integration.flows import END, start
+from tests.integration.spans import assert_one_span_per_executed_step
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +31,18 @@ def fake_llm() -> Iterator[FakeAnthropicAPI]:
         yield fake
 
 
+@pytest.fixture(scope="module")
+def claude_otlp() -> Iterator[tuple[Receiver, str]]:
+    with running_receiver() as running:
+        yield running
+
+
 @pytest.fixture(scope="module", params=["normal", "always-replay"])
 def claude_stack(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, fake_llm: FakeAnthropicAPI
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    fake_llm: FakeAnthropicAPI,
+    claude_otlp: tuple[Receiver, str],
 ) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("claude-stack")
     env = {
@@ -42,7 +53,11 @@ def claude_stack(
         "MODEL_PRICES": json.dumps({"claude-test": {"input": "3", "output": "15"}}),
     }
     with running_stack(
-        workdir, sqlite_url(workdir), extra_env=env, always_replay=request.param == "always-replay"
+        workdir,
+        sqlite_url(workdir),
+        extra_env=env,
+        always_replay=request.param == "always-replay",
+        trace_endpoint=claude_otlp[1],
     ) as running:
         yield running
 
@@ -89,13 +104,42 @@ def test_structured_outputs_drive_the_task_to_complete(claude_stack: Stack, llm:
 
 
 def test_the_spend_is_exactly_what_the_api_counted_once_per_call(
-    claude_stack: Stack, llm: FakeAnthropicAPI
+    claude_stack: Stack, llm: FakeAnthropicAPI, claude_otlp: tuple[Receiver, str]
 ) -> None:
-    """Tokens and cost in the view and the event log are the fake API's usage numbers, each call
-    counted once: in always-replay mode too, where every step is replayed many times."""
+    """Tokens and cost in the view, the event log and the spans are the fake API's usage numbers,
+    each call counted once: in always-replay mode too, where every step is replayed many times."""
     view = run_task(claude_stack, "Open a ticket: the printer jams")
     assert view["state"] == "COMPLETE", view
     answered = [request["usage"] for request in llm.requests if request["status"] == 200]
+    # One span per call, each with the GenAI attributes of the answer the API gave it.
+    spans = assert_one_span_per_executed_step(
+        claude_stack, claude_otlp[0], "AgentTask", view["task_id"], view
+    )
+    chats = sorted(
+        (s for s in spans.values() if s.name == "chat claude-test"), key=lambda span: span.start_ns
+    )
+    answers = [request for request in llm.requests if request["status"] == 200]
+    assert [
+        (
+            s.attributes["gen_ai.usage.input_tokens"],
+            s.attributes["gen_ai.usage.output_tokens"],
+            s.attributes["gen_ai.response.id"],
+            s.attributes["gen_ai.response.finish_reasons"],
+            s.attributes["gen_ai.provider.name"],
+        )
+        for s in chats
+    ] == [
+        (a["usage"]["input_tokens"], a["usage"]["output_tokens"], a["response_id"], ["tool_use"], "anthropic")
+        for a in answers
+    ]
+    assert [s.attributes["agent.step"] for s in chats] == [
+        "ANALYZE llm analyze",
+        "PLAN llm plan",
+        "VERIFY llm verify",
+    ]
+    assert sum(Decimal(str(s.attributes["agent.llm.cost_usd"])) for s in chats) == Decimal(
+        view["spend"]["cost_usd"]
+    )
     assert len(answered) == 3
     tokens_in = sum(usage["input_tokens"] for usage in answered)
     tokens_out = sum(usage["output_tokens"] for usage in answered)

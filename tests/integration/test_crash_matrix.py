@@ -19,8 +19,10 @@ import httpx
 import pytest
 
 from deploy.local import Stack, running_stack, wait_until
+from tests.fakes.otlp_receiver import Receiver, running_receiver
 from tests.integration.conftest import sqlite_url
 from tests.integration.flows import END, assert_one_event_per_transition, idempotency_status
+from tests.integration.spans import assert_one_span_per_executed_step
 from tools.domains.expense.seed import seed_expenses
 
 RELIABILITY = {
@@ -43,11 +45,24 @@ MATRIX = [
 
 
 @pytest.fixture(scope="module")
-def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Path]]:
+def matrix_otlp() -> Iterator[tuple[Receiver, str]]:
+    with running_receiver() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def fault_stack(
+    tmp_path_factory: pytest.TempPathFactory, matrix_otlp: tuple[Receiver, str]
+) -> Iterator[tuple[Stack, Path]]:
     workdir = tmp_path_factory.mktemp("crash-matrix")
     plan = workdir / "faults.json"
     plan.write_text("{}")
-    with running_stack(workdir, sqlite_url(workdir), extra_env={"AGENT_FAULT_PLAN_FILE": str(plan)}) as stack:
+    with running_stack(
+        workdir,
+        sqlite_url(workdir),
+        extra_env={"AGENT_FAULT_PLAN_FILE": str(plan)},
+        trace_endpoint=matrix_otlp[1],
+    ) as stack:
         yield stack, plan
 
 
@@ -137,7 +152,11 @@ def references(fault_stack: tuple[Stack, Path]) -> dict[str, dict[str, Any]]:
 
 @pytest.mark.parametrize(("agent", "k"), MATRIX, ids=[f"{agent}-event{k}" for agent, k in MATRIX])
 def test_crash_at_every_journal_boundary(
-    agent: str, k: int, fault_stack: tuple[Stack, Path], references: dict[str, dict[str, Any]]
+    agent: str,
+    k: int,
+    fault_stack: tuple[Stack, Path],
+    references: dict[str, dict[str, Any]],
+    matrix_otlp: tuple[Receiver, str],
 ) -> None:
     stack, plan = fault_stack
     task_id = f"matrix-{agent.lower()}-{k}-{uuid.uuid4().hex[:6]}"
@@ -152,6 +171,8 @@ def test_crash_at_every_journal_boundary(
     assert all(status == "done" for tool, status in effects.items() if tool != "postings"), effects
     if agent == "ExpenseReport":
         assert effects["postings"] == 1
+    # The crashed and replayed task: still exactly one span per executed step.
+    assert_one_span_per_executed_step(stack, matrix_otlp[0], agent, task_id, view, resent_ok=True)
 
 
 # Every k-th tool call across the flows: `make test` kills a few times, `make reliability` often.
@@ -159,10 +180,11 @@ EVERY_KTH_TOOL_CALL = 3 if FULL else 5
 
 
 def test_killed_inside_every_kth_tool_call_every_flow_completes_and_nothing_doubles(
-    fault_stack: tuple[Stack, Path], references: dict[str, dict[str, Any]]
+    fault_stack: tuple[Stack, Path], references: dict[str, dict[str, Any]], matrix_otlp: tuple[Receiver, str]
 ) -> None:
     stack, plan = fault_stack
     plan.write_text(json.dumps({"every_kth_tool_call": EVERY_KTH_TOOL_CALL}))
+    replayed_calls = 0
     try:
         total_restarts = 0
         for agent in list(BOUNDARIES) * (2 if FULL else 1):
@@ -176,7 +198,16 @@ def test_killed_inside_every_kth_tool_call_every_flow_completes_and_nothing_doub
             assert all(status == "done" for tool, status in effects.items() if tool != "postings"), effects
             if agent == "ExpenseReport":
                 assert effects["postings"] == 1
+            spans = assert_one_span_per_executed_step(
+                stack, matrix_otlp[0], agent, task_id, view, resent_ok=True
+            )
+            replayed_calls += sum(
+                1 for s in spans.values() if s.attributes.get("agent.tool.replayed") is True
+            )
     finally:
         plan.write_text("{}")
     calls = int(plan.with_name(f"{plan.name}.tool-calls").read_text())
     assert total_restarts == calls // EVERY_KTH_TOOL_CALL >= 2, (total_restarts, calls)
+    # A call killed after the tool service answered ran again, and its span says the tool service
+    # answered from its record (the side effect was not made twice).
+    assert replayed_calls >= 1

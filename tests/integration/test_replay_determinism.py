@@ -37,8 +37,12 @@ RELIABILITY = {
 }
 
 FULL = os.environ.get("RELIABILITY_FULL") == "1"
-# Values that are times (they differ between any two runs), dropped before comparing.
+# Values that are times or trace ids (they differ between any two runs), dropped before comparing.
 TIME_KEYS = {
+    "started",
+    "ended",
+    "trace",
+    "attempt_span",
     "at",
     "decided_at",
     "requested_at",
