@@ -73,7 +73,9 @@ async def _serve_and_export(settings: Settings, apps: list[tuple[Any, Any]]) -> 
         for name, machine in machines().items()
     }
     sink = OtlpSink(endpoint, settings.otel_service_name)
-    exporter = trace_export.TraceExporter(store_for(settings.database_url), endings, sink)
+    exporter = trace_export.TraceExporter(
+        store_for(settings.database_url), endings, sink, holder=trace_export.replica_name(settings.app_port)
+    )
     logging.getLogger(__name__).info("exporting task spans to %s", endpoint)
     stop = asyncio.Event()
     following = asyncio.ensure_future(

@@ -9,7 +9,8 @@ moved sends that batch again; its spans carry the same ids and content (derived 
 events), so a collector sees the same spans, never a second execution.
 
 With several replicas of the agent service, one exports at a time: the cursor row is also a lease
-(`holder`, `lease_until`), taken over only once it has expired. On PostgreSQL, row ids are drawn
+(`holder`, `lease_until`, the holder named by host and port, so a restarted replica takes its own
+lease back at once), taken over by another replica only once it has expired. On PostgreSQL, row ids are drawn
 before their transactions commit, so a lower id can become visible after a higher one: the reader
 stops at such a gap until it fills or has stayed open for `GAP_SECONDS` (an insert rolled back).
 """
@@ -56,6 +57,12 @@ class TraceCursor(CursorBase):
     last_id: Mapped[int] = mapped_column(Integer)
     holder: Mapped[str] = mapped_column(String(200))
     lease_until: Mapped[float] = mapped_column(Float)
+
+
+def replica_name(port: int) -> str:
+    """This replica's name as the lease's holder: the same after a restart (a restarted replica
+    goes on exporting at once, not after its own lease expires), another for each replica."""
+    return f"{socket.gethostname()}:{port}"
 
 
 class SpanSink(Protocol):

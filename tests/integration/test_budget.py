@@ -139,3 +139,35 @@ def test_a_malformed_budget_is_a_400_naming_it_and_leaves_no_task(stack: Stack) 
     )
     assert unknown.status_code == 400 and "budget.max_fun" in unknown.text
     assert stack.call("AgentTask", task_id, "status").status_code == 404
+
+
+def test_a_task_out_of_time_parks_and_each_extension_gives_it_as_much_again(any_stack: Stack) -> None:
+    """The wall-clock limit, from journaled times only: a task allowed a millisecond passes its
+    first check (no time gone yet) and is stopped at the next; an extension gives it a millisecond
+    more from the decision, which is gone before its next call, so it parks again; stopping it then
+    ends it with nothing acted on."""
+    task_id, marker = start_budgeted(any_stack, {"max_seconds": 0.001})
+    requests: list[str] = []
+
+    def at_budget_again() -> bool:
+        view = any_stack.status("AgentTask", task_id)
+        assert view["state"] not in END, view
+        pending = view["pending_approval"] or {}
+        ready = view["state"] == "BUDGET" and pending.get("approval_ticket_id")
+        if ready and pending["approval_hash"] not in requests:
+            assert pending["details"]["limit"] == "seconds", pending
+            assert "seconds gone" in pending["details"]["reason"]
+            requests.append(pending["approval_hash"])
+            return True
+        return False
+
+    wait_until(at_budget_again, timeout=60, interval=0.1, what=f"{task_id} to run out of time")
+    assert any_stack.decide("AgentTask", task_id, approval_hash=requests[0]).status_code == 200
+    wait_until(at_budget_again, timeout=60, interval=0.1, what=f"{task_id} to run out of time again")
+    answer = any_stack.decide("AgentTask", task_id, "reject", approval_hash=requests[1])
+    assert answer.status_code == 200, answer.text
+    view = any_stack.wait_for_state("AgentTask", task_id, END)
+    assert view["state"] == "FAILED" and view["error"]["code"] == "budget_stopped", view
+    assert view["budget"]["max_seconds"] > 0.001  # extended once, from the decision
+    assert [a["outcome"] for a in view["approvals"]] == ["approve", "reject"]
+    assert tickets_titled(any_stack, marker) == []
