@@ -8,7 +8,7 @@ PY_STAMP := $(VENV)/.installed
 NPM_STAMP := node_modules/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install runtime-deps test-deps test reliability bench lint format unit integration demo up down screenshots diagram clean
+.PHONY: install runtime-deps test-deps test reliability cluster-test bench lint format unit integration demo up down screenshots diagram clean
 
 install: $(PY_STAMP) $(NPM_STAMP) runtime-deps
 
@@ -72,10 +72,18 @@ RELIABILITY_TESTS := tests/integration/test_replay_determinism.py tests/integrat
 	tests/integration/test_parked_tasks.py tests/integration/test_approvals.py tests/integration/test_engine.py \
 	tests/integration/test_crash_matrix.py tests/integration/test_journal_guard.py \
 	tests/integration/test_dependency_faults.py tests/integration/test_load.py tests/integration/test_security.py \
-	tests/integration/test_outages.py tests/integration/test_versions.py tests/integration/test_storage.py
+	tests/integration/test_outages.py tests/integration/test_versions.py tests/integration/test_storage.py \
+	tests/integration/test_cluster.py
 # `python -m pytest` puts the checkout on sys.path, so the report plugin (tests/) can be loaded.
 reliability: install test-deps
 	RELIABILITY_FULL=1 $(BIN)/python -m pytest -p tests.reliability_report $(RELIABILITY_TESTS) $(PYTEST_ARGS)
+
+# Scale-out proof: three restate-server processes on loopback as one replicated cluster (replication
+# 2, the production configuration deploy/k8s/base/restate.toml), the services on PostgreSQL, one node
+# SIGKILLed mid-run and restarted; its figures go to docs/cluster.md. `make reliability` runs it too.
+cluster-test: install test-deps
+	RELIABILITY_FULL=1 RELIABILITY_REPORT=docs/cluster.md RELIABILITY_COMMAND="make cluster-test" \
+		$(BIN)/python -m pytest -p tests.reliability_report tests/integration/test_cluster.py $(PYTEST_ARGS)
 
 # What durability costs, against the engine's floor in the same run: bench/results.json and
 # docs/performance.md (both generated). `make test` runs its smoke (tests/bench/).

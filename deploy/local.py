@@ -173,6 +173,9 @@ class Stack:
     trace_endpoint: str | None = None
     # Its processes outlive this Python process (see ManagedProcess.detached): `make up`.
     detached: bool = False
+    # Restate runs elsewhere (a cluster, deploy/cluster.py): the ports below are one of its nodes',
+    # and the identity key pair is the one its nodes sign with. This stack starts only the services.
+    external_restate: bool = False
     ingress_port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
     fabric_port: int = field(default_factory=free_port)
@@ -378,16 +381,22 @@ class Stack:
 
     def start(self) -> Stack:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        # A fresh request-identity key pair per stack: the agent endpoint accepts only this server.
-        self.identity_key_file, self.identity_public_key = request_identity.generate(self.workdir / "keys")
+        if not self.external_restate:
+            # A fresh request-identity key pair per stack: the agent endpoint accepts only this server.
+            self.identity_key_file, self.identity_public_key = request_identity.generate(
+                self.workdir / "keys"
+            )
         try:
             # The three start side by side (none needs another to come up); registering needs all.
-            self.restate = self._restate_process()
             self.tools = self._tools_process()
             self.app = self._app_process()
-            for process in (self.restate, self.tools, self.app):
+            if not self.external_restate:
+                self.restate = self._restate_process()
+                self.restate.launch()
+            for process in (self.tools, self.app):
                 process.launch()
-            self.restate.wait_ready(RESTATE_READY_SECONDS)
+            if self.restate is not None:
+                self.restate.wait_ready(RESTATE_READY_SECONDS)
             self.tools.wait_ready()
             self.app.wait_ready()
             self.register()

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -69,3 +70,25 @@ def private_postgres() -> Iterator[PrivatePostgres]:
             cluster.pg_ctl("-m", "immediate", "stop")  # by the postmaster's PID file
         finally:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+LOCAL_POSTGRES_URL = os.environ.get(
+    "TOOLS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+@contextmanager
+def fresh_database(prefix: str) -> Iterator[str]:
+    """A new database on the machine's own PostgreSQL (127.0.0.1:5432), its URL; dropped at the end."""
+    from sqlalchemy import create_engine, make_url
+
+    admin = create_engine(LOCAL_POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(LOCAL_POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
