@@ -30,9 +30,10 @@ def healthy(url: str) -> bool:
         return False
 
 
-def main() -> int:
-    return 0 if any(healthy(url) for url in health_urls(dict(os.environ))) else 1
+def main_for(environ: dict[str, str]) -> int:
+    """The exit code: 0 when the service answers, 1 when neither port does."""
+    return 0 if any(healthy(url) for url in health_urls(environ)) else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main_for(dict(os.environ)))
