@@ -24,6 +24,7 @@ from deploy.local import Stack, wait_until
 from tests.figures import record_figure
 from tests.integration.flows import END
 from tests.integration.private_postgres import fresh_database
+from tests.integration.test_parked_tasks import rss_kib
 from tests.integration.test_expense_report import decide, postings, run_report, seeded, wait_waiting
 
 RELIABILITY = {
@@ -176,6 +177,10 @@ def test_flows_and_parked_approvals_survive_losing_a_restate_node(
         assert len(postings(stack, batch["hotel-stay"])) == 1
         assert postings(stack, batch["mismatch-taxi"]) == []
 
+    assert stack.app is not None
+    memory = ", ".join(
+        f"{node.name} {rss_kib(node.process.pid) / 1024:.0f}" for node in cluster.nodes if node.process
+    )
     mode = "always-replay" if cluster.extra_env else "normal"
     figure = (
         f"{mode} mode: {cluster.size} nodes, replication {cluster.replication}, "
@@ -183,7 +188,8 @@ def test_flows_and_parked_approvals_survive_losing_a_restate_node(
         f"{victim} (leading {leaders[victim]}) SIGKILLed with {len(running)} flows in flight and "
         f"{len(parked)} parked: every partition led again {led_again:.1f} s later, the in-flight "
         f"flows completed {flows_done:.1f} s after the kill; clients meanwhile: {during_loss}; "
-        f"the node restarted and served again in {rejoined:.1f} s"
+        f"the node restarted and served again in {rejoined:.1f} s; RSS at the end (MiB): {memory}, "
+        f"agent service {rss_kib(stack.app.pid) / 1024:.0f}"
     )
     print(figure)
     record_figure("Restate node loss", figure)
