@@ -21,13 +21,14 @@ import httpx
 
 from deploy import request_identity
 from deploy.local import (
+    FAST_RETRIES,
     RESTATE_SERVER_BIN,
     ROOT,
     ManagedProcess,
     StackError,
-    _http_ok,
-    _port_open,
     free_port,
+    http_ok,
+    port_open,
     wait_until,
 )
 
@@ -61,7 +62,7 @@ class ClusterNode:
 
     def serving(self) -> bool:
         """Its admin API and its ingress answer (the ingress only once partitions are led)."""
-        return _http_ok(f"{self.admin_url}/health") and _http_ok(f"{self.ingress_url}/restate/health")
+        return http_ok(f"{self.admin_url}/health") and http_ok(f"{self.ingress_url}/restate/health")
 
 
 @dataclass
@@ -102,9 +103,7 @@ class RestateCluster:
                 "RESTATE_ROCKSDB_TOTAL_MEMORY_SIZE": "256 MiB",
                 "RESTATE_ADMIN__QUERY_ENGINE__MEMORY_SIZE": "128 MiB",
                 "RESTATE_LOG_FORMAT": "pretty",
-                # Retries come fast, as in the single-node stack, so a worker is picked up at once.
-                "RESTATE_DEFAULT_RETRY_POLICY__INITIAL_INTERVAL": "100ms",
-                "RESTATE_DEFAULT_RETRY_POLICY__MAX_INTERVAL": "2s",
+                **FAST_RETRIES,
             }
         )
         if self.identity_key_file is not None:
@@ -120,7 +119,7 @@ class RestateCluster:
             argv=[str(RESTATE_SERVER_BIN), "--config-file", str(PRODUCTION_CONFIG)],
             env=self.node_env(node),
             log_path=self.workdir / f"logs/restate-{node.name}.log",
-            ready=lambda: _http_ok(f"{node.admin_url}/health"),
+            ready=lambda: http_ok(f"{node.admin_url}/health"),
             cwd=self.workdir,
         )
 
@@ -146,7 +145,7 @@ class RestateCluster:
         """`restatectl provision` once every node listens. A cluster provisioned already (by
         another node or an earlier run of the provisioning Job) counts as done."""
         wait_until(
-            lambda: all(_port_open(node.fabric_port) for node in self.nodes),
+            lambda: all(port_open(node.fabric_port) for node in self.nodes),
             timeout=timeout,
             what="every node's node-to-node port",
         )

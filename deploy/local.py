@@ -29,6 +29,11 @@ RESTATE_SERVER_BIN = ROOT / "node_modules/@restatedev/restate-server-linux-x64/b
 RESTATE_CLI_BIN = ROOT / "node_modules/@restatedev/restate-linux-x64/bin/restate"
 RESTATE_CONFIG = ROOT / "restate.toml"
 RESTATE_READY_SECONDS = 90.0
+# Restate's retries come fast in tests and the demo, so a restarted worker is picked up at once.
+FAST_RETRIES = {
+    "RESTATE_DEFAULT_RETRY_POLICY__INITIAL_INTERVAL": "100ms",
+    "RESTATE_DEFAULT_RETRY_POLICY__MAX_INTERVAL": "2s",
+}
 
 
 class StackError(RuntimeError):
@@ -150,11 +155,11 @@ class ManagedProcess:
             return "(no log)"
 
 
-def _http_ok(url: str) -> bool:
+def http_ok(url: str) -> bool:
     return httpx.get(url, timeout=1.0).status_code == 200
 
 
-def _port_open(port: int) -> bool:
+def port_open(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
         return sock.connect_ex(("127.0.0.1", port)) == 0
@@ -260,9 +265,7 @@ class Stack:
                 "RESTATE_ADMIN__BIND_PORT": str(self.admin_port),
                 "RESTATE_INGRESS__BIND_PORT": str(self.ingress_port),
                 "RESTATE_DISABLE_TELEMETRY": "true",
-                # Retries come fast in tests so a restarted worker is picked up at once.
-                "RESTATE_DEFAULT_RETRY_POLICY__INITIAL_INTERVAL": "100ms",
-                "RESTATE_DEFAULT_RETRY_POLICY__MAX_INTERVAL": "2s",
+                **FAST_RETRIES,
             }
         )
         if self.trace_endpoint is not None:
@@ -290,7 +293,7 @@ class Stack:
             log_path=self.workdir / "logs/restate-server.log",
             detached=self.detached,
             ready=lambda: (
-                _http_ok(f"{self.admin_url}/health") and _http_ok(f"{self.ingress_url}/restate/health")
+                http_ok(f"{self.admin_url}/health") and http_ok(f"{self.ingress_url}/restate/health")
             ),
             cwd=self.workdir,
         )
@@ -306,7 +309,7 @@ class Stack:
             env=self.service_env(),
             log_path=self.workdir / "logs/tools.log",
             detached=self.detached,
-            ready=lambda: _http_ok(f"{self.tools_url}/health"),
+            ready=lambda: http_ok(f"{self.tools_url}/health"),
         )
 
     def start_app(self) -> None:
@@ -320,7 +323,7 @@ class Stack:
             env=self.service_env(),
             log_path=self.workdir / "logs/app.log",
             detached=self.detached,
-            ready=lambda: _port_open(self.app_port) and _http_ok(f"{self.approvals_url}/health"),
+            ready=lambda: port_open(self.app_port) and http_ok(f"{self.approvals_url}/health"),
         )
 
     def start_release(self, name: str, env: Mapping[str, str]) -> tuple[ManagedProcess, str]:
@@ -337,7 +340,7 @@ class Stack:
                 "APPROVALS_PORT": str(approvals_port),
             },
             log_path=self.workdir / f"logs/app-{name}.log",
-            ready=lambda: _port_open(app_port) and _http_ok(f"http://127.0.0.1:{approvals_port}/health"),
+            ready=lambda: port_open(app_port) and http_ok(f"http://127.0.0.1:{approvals_port}/health"),
         )
         process.start()
         return process, f"http://127.0.0.1:{app_port}"
@@ -352,7 +355,7 @@ class Stack:
             argv=[sys.executable, "-m", module, str(port)],
             env=self.service_env(),
             log_path=self.workdir / f"logs/{module}.log",
-            ready=lambda: _port_open(port),
+            ready=lambda: port_open(port),
         )
         process.start()
         try:

@@ -24,8 +24,8 @@ from deploy.local import Stack, wait_until
 from tests.figures import record_figure
 from tests.integration.flows import END
 from tests.integration.private_postgres import fresh_database
-from tests.integration.test_parked_tasks import rss_kib
 from tests.integration.test_expense_report import decide, postings, run_report, seeded, wait_waiting
+from tests.integration.test_parked_tasks import rss_kib
 
 RELIABILITY = {
     "check": (
